@@ -1,0 +1,31 @@
+"""dualclip: CLIP-family dual image/text towers for Hugging Face transformers.
+
+Importing the package registers every dualclip class with the transformers Auto classes.
+"""
+
+from .configuration_dualclip import DualClipConfig, DualClipTextConfig, DualClipVisionConfig
+from .modeling_dualclip import (
+    DualClipModel,
+    DualClipPreTrainedModel,
+    DualClipTextModel,
+    DualClipTextModelWithProjection,
+    DualClipVisionModel,
+    DualClipVisionModelWithProjection,
+)
+from .registration import register_auto_classes
+
+__version__ = "0.1.0"
+
+register_auto_classes()
+
+__all__ = [
+    "DualClipConfig",
+    "DualClipTextConfig",
+    "DualClipVisionConfig",
+    "DualClipModel",
+    "DualClipPreTrainedModel",
+    "DualClipTextModel",
+    "DualClipTextModelWithProjection",
+    "DualClipVisionModel",
+    "DualClipVisionModelWithProjection",
+]

@@ -1,0 +1,39 @@
+"""Registration of the dualclip classes with the transformers Auto classes and for `trust_remote_code` saving."""
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForZeroShotImageClassification,
+)
+
+from .configuration_dualclip import DualClipConfig, DualClipTextConfig, DualClipVisionConfig
+from .modeling_dualclip import (
+    DualClipModel,
+    DualClipTextModel,
+    DualClipTextModelWithProjection,
+    DualClipVisionModel,
+    DualClipVisionModelWithProjection,
+)
+
+_CONFIGS = (DualClipConfig, DualClipTextConfig, DualClipVisionConfig)
+# The class `AutoModel` builds for each config; the projection towers are reached through `auto_map` of their own.
+_AUTO_MODELS = {DualClipConfig: DualClipModel, DualClipTextConfig: DualClipTextModel, DualClipVisionConfig: DualClipVisionModel}
+
+
+def register_auto_classes() -> None:
+    """Registers configs and models with the Auto classes (idempotent) and marks them for `auto_map` saving.
+
+    `register_for_auto_class` makes `save_pretrained` copy the code files next to the weights and write
+    `auto_map`, so the folder loads with `trust_remote_code=True` where dualclip is not installed.
+    """
+    for config_class in _CONFIGS:
+        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+        config_class.register_for_auto_class()
+    for config_class, model_class in _AUTO_MODELS.items():
+        AutoModel.register(config_class, model_class, exist_ok=True)
+    AutoModelForZeroShotImageClassification.register(DualClipConfig, DualClipModel, exist_ok=True)
+    DualClipModel.register_for_auto_class("AutoModel")
+    DualClipTextModel.register_for_auto_class("AutoModel")
+    DualClipVisionModel.register_for_auto_class("AutoModel")
+    DualClipTextModelWithProjection.register_for_auto_class("AutoModel")
+    DualClipVisionModelWithProjection.register_for_auto_class("AutoModel")
