@@ -1,0 +1,1 @@
+"""Subcommands of the `dualclip` command (see dualclip.cli)."""
