@@ -1,9 +1,25 @@
 import os
 import sys
 
-# Reference implementations (open_clip, clip) import torchvision at import time; there is no CPU build
-# of it here, so the tests alone put an import stand-in first on sys.path. The package never sees it.
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "_stubs"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _put_torchvision_stand_in_on_path() -> None:
+    """Lets the reference implementations (open_clip, clip) import; see tests/_stubs/README.md.
+
+    transformers and diffusers decide once whether torchvision is installed; that decision is made (and cached)
+    here, before the stand-in becomes importable, so neither library ever tries to use it.
+    """
+    from transformers.utils.import_utils import is_torchvision_available
+
+    assert not is_torchvision_available(), "a real torchvision is installed; the stand-in would shadow it"
+    try:
+        import diffusers.utils.import_utils  # noqa: F401  (evaluates its torchvision flag now)
+    except ImportError:
+        pass
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "_stubs"))
+
+
+_put_torchvision_stand_in_on_path()

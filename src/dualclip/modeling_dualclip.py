@@ -14,6 +14,8 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import PrefixChange
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import PreTrainedModel
@@ -447,6 +449,11 @@ class DualClipPreTrainedModel(PreTrainedModel):
         "DualClipAttentionPool",
     ]
 
+    def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
+        """As `PreTrainedModel.save_pretrained`, but writes dualclip's own key layout (`text_model.`/`vision_model.`
+        prefixes) even when the weights were loaded from a flat transformers 5 `CLIPTextModel` folder."""
+        return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
+
     def _resolve_outputs(self, output_attentions, output_hidden_states, return_dict):
         config = self.config
         return (
@@ -723,6 +730,8 @@ class DualClipModel(DualClipPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         pooled_only: bool = True,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         """Text tower output with `pooler_output` replaced by the projected text features (transformers 5 convention).
@@ -731,16 +740,31 @@ class DualClipModel(DualClipPreTrainedModel):
         identical, and `last_hidden_state` then covers only those positions.
         """
         outputs = self.text_model(
-            input_ids, attention_mask=attention_mask, position_ids=position_ids, pooled_only=pooled_only
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            pooled_only=pooled_only,
         )
         outputs.pooler_output = self.text_projection(outputs.pooler_output)
         return outputs
 
     def get_image_features(
-        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool = False,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        **kwargs,
     ) -> BaseModelOutputWithPooling:
         """Image tower output with `pooler_output` replaced by the projected image features."""
-        outputs = self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        outputs = self.vision_model(
+            pixel_values,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+        )
         outputs.pooler_output = self.visual_projection(outputs.pooler_output)
         return outputs
 
@@ -758,26 +782,24 @@ class DualClipModel(DualClipPreTrainedModel):
         pooled_only: bool = True,
         **kwargs,
     ) -> tuple | DualClipOutput:
-        """Scores every text against every image; `pooled_only` as in [`get_text_features`]."""
+        """Scores every text against every image.
+
+        As in transformers 5, `text_model_output`/`vision_model_output` are the outputs of `get_text_features`/
+        `get_image_features`: their `pooler_output` holds the projected (not yet normalised) features.
+        `pooled_only` as in [`get_text_features`].
+        """
         output_attentions, output_hidden_states, return_dict = self._resolve_outputs(
             output_attentions, output_hidden_states, return_dict
         )
-        vision_outputs = self.vision_model(
-            pixel_values,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            interpolate_pos_encoding=interpolate_pos_encoding,
+        outputs_wanted = dict(output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        vision_outputs = self.get_image_features(
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **outputs_wanted
         )
-        text_outputs = self.text_model(
-            input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            pooled_only=pooled_only,
+        text_outputs = self.get_text_features(
+            input_ids, attention_mask, position_ids, pooled_only=pooled_only, **outputs_wanted
         )
-        image_embeds = _l2_normalize(self.visual_projection(vision_outputs.pooler_output))
-        text_embeds = _l2_normalize(self.text_projection(text_outputs.pooler_output))
+        image_embeds = _l2_normalize(vision_outputs.pooler_output)
+        text_embeds = _l2_normalize(text_outputs.pooler_output)
         if image_embeds.shape[0] != text_embeds.shape[0] and return_loss:
             raise ValueError(
                 f"return_loss needs one caption per image: got {image_embeds.shape[0]} images (pixel_values) "
@@ -812,6 +834,12 @@ class DualClipModel(DualClipPreTrainedModel):
             vision_model_output=vision_outputs,
         )
         return outputs if return_dict else outputs.to_tuple()
+
+
+# transformers >= 5 saves `CLIPTextModel`/`CLIPVisionModel` without the `text_model.`/`vision_model.` prefix that
+# older folders (and ours) carry; both layouts load. Registered here so `trust_remote_code` loading gets it too.
+for _tower_class, _prefix in ((DualClipTextModel, "text_model"), (DualClipVisionModel, "vision_model")):
+    register_checkpoint_conversion_mapping(_tower_class.__name__, [PrefixChange(prefix_to_add=_prefix)], overwrite=True)
 
 
 __all__ = [
