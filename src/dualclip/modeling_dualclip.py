@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
-from transformers.core_model_loading import PrefixChange
+from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import PreTrainedModel
@@ -501,6 +501,11 @@ class DualClipPreTrainedModel(PreTrainedModel):
                 init.constant_(module.logit_bias, config.logit_bias_init_value)
 
 
+# Keys of the other tower found when one tower loads a full CLIP folder: expected, not worth a warning.
+_IMAGE_SIDE_KEYS = [r"^vision_model\.", r"^visual_projection\."]
+_TEXT_SIDE_KEYS = [r"^text_model\.", r"^text_projection\."]
+
+
 class DualClipTextModel(DualClipPreTrainedModel):
     """The text tower without projection: token-level states and the pooled (EOS) state.
 
@@ -511,6 +516,7 @@ class DualClipTextModel(DualClipPreTrainedModel):
     config_class = DualClipTextConfig
     input_modalities = ("text",)
     _no_split_modules = ["DualClipTextEmbeddings", "DualClipEncoderLayer"]
+    _keys_to_ignore_on_load_unexpected = _IMAGE_SIDE_KEYS + [r"^text_projection\.", r"^logit_(scale|bias)$"]
 
     def __init__(self, config: DualClipTextConfig):
         super().__init__(config)
@@ -560,6 +566,7 @@ class DualClipTextModelWithProjection(DualClipPreTrainedModel):
     config_class = DualClipTextConfig
     input_modalities = ("text",)
     _no_split_modules = ["DualClipTextEmbeddings", "DualClipEncoderLayer"]
+    _keys_to_ignore_on_load_unexpected = _IMAGE_SIDE_KEYS + [r"^logit_(scale|bias)$"]
 
     def __init__(self, config: DualClipTextConfig):
         super().__init__(config)
@@ -611,6 +618,7 @@ class DualClipVisionModel(DualClipPreTrainedModel):
     config_class = DualClipVisionConfig
     main_input_name = "pixel_values"
     input_modalities = ("image",)
+    _keys_to_ignore_on_load_unexpected = _TEXT_SIDE_KEYS + [r"^visual_projection\.", r"^logit_(scale|bias)$"]
 
     def __init__(self, config: DualClipVisionConfig):
         super().__init__(config)
@@ -648,6 +656,7 @@ class DualClipVisionModelWithProjection(DualClipPreTrainedModel):
     config_class = DualClipVisionConfig
     main_input_name = "pixel_values"
     input_modalities = ("image",)
+    _keys_to_ignore_on_load_unexpected = _TEXT_SIDE_KEYS + [r"^logit_(scale|bias)$"]
 
     def __init__(self, config: DualClipVisionConfig):
         super().__init__(config)
@@ -838,8 +847,16 @@ class DualClipModel(DualClipPreTrainedModel):
 
 # transformers >= 5 saves `CLIPTextModel`/`CLIPVisionModel` without the `text_model.`/`vision_model.` prefix that
 # older folders (and ours) carry; both layouts load. Registered here so `trust_remote_code` loading gets it too.
-for _tower_class, _prefix in ((DualClipTextModel, "text_model"), (DualClipVisionModel, "vision_model")):
-    register_checkpoint_conversion_mapping(_tower_class.__name__, [PrefixChange(prefix_to_add=_prefix)], overwrite=True)
+_FLAT_TOWER_KEYS = {
+    DualClipTextModel: ("text_model", "embeddings|encoder|final_layer_norm"),
+    DualClipVisionModel: ("vision_model", "embeddings|pre_layrnorm|encoder|post_layernorm"),
+}
+for _tower_class, (_prefix, _modules) in _FLAT_TOWER_KEYS.items():
+    register_checkpoint_conversion_mapping(
+        _tower_class.__name__,
+        [WeightRenaming(source_patterns=rf"^({_modules})\.", target_patterns=rf"{_prefix}.\1.")],
+        overwrite=True,
+    )
 
 
 __all__ = [
