@@ -1,0 +1,94 @@
+"""The tokenizer and image-processor files written beside converted weights.
+
+Each writer returns `None` when it wrote its files, or a one-line note saying why it did not (the note goes into the
+model card and the command's output); a missing tokenizer or processor never makes a converted model wrong.
+"""
+
+import json
+from pathlib import Path
+
+import PIL.Image
+
+from ..configuration_dualclip import OPENAI_VOCAB_SIZE
+
+OPENAI_PAD_TOKEN = "!"  # id 0: OpenAI's `clip.tokenize` and OpenCLIP pad with zeros
+EOS_PAD_TOKEN = "<|endoftext|>"  # transformers' CLIP tokenizer pads with EOS
+_RESAMPLE = {"bicubic": PIL.Image.Resampling.BICUBIC, "bilinear": PIL.Image.Resampling.BILINEAR}
+
+
+def save_tokenizer(folder, pad_token: str, model_max_length: int, vocab_size: int) -> str | None:
+    """Writes OpenAI's BPE tokenizer (`DualClipTokenizer`) with the given pad token and context length."""
+    if vocab_size != OPENAI_VOCAB_SIZE:
+        return f"no tokenizer written: the model has {vocab_size} token ids, OpenAI's vocabulary has {OPENAI_VOCAB_SIZE}"
+    try:
+        from ..tokenization_dualclip import DualClipTokenizer
+    except ImportError as error:
+        return f"no tokenizer written: dualclip.tokenization_dualclip is unavailable ({error})"
+    DualClipTokenizer(pad_token=pad_token, model_max_length=model_max_length).save_pretrained(folder)
+    return None
+
+
+def save_image_processor(
+    folder, image_size: int, mean, std, interpolation: str = "bicubic", resize_mode: str = "shortest"
+) -> str | None:
+    """Writes `DualClipImageProcessor` settings: resize (`shortest` edge then centre crop, or `squash` to the square),
+    `image_size` pixels, `mean` and `std`."""
+    if interpolation not in _RESAMPLE:
+        return f"no image processor written: the source resizes with {interpolation!r} interpolation"
+    if resize_mode == "shortest":
+        size, crop = {"shortest_edge": image_size}, True
+    elif resize_mode == "squash":
+        size, crop = {"height": image_size, "width": image_size}, False
+    else:
+        return f"no image processor written: the source's resize mode {resize_mode!r} is not supported"
+    try:
+        from ..image_processing_dualclip import DualClipImageProcessor
+    except ImportError as error:
+        return f"no image processor written: dualclip.image_processing_dualclip is unavailable ({error})"
+    processor = DualClipImageProcessor(
+        size=size,
+        crop_size={"height": image_size, "width": image_size},
+        do_center_crop=crop,
+        resample=_RESAMPLE[interpolation],
+        image_mean=list(mean),
+        image_std=list(std),
+    )
+    processor.save_pretrained(folder)
+    return None
+
+
+def read_json(path) -> dict:
+    """A JSON object from `path`, or `{}` when the file does not exist or holds something else."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def pad_token_of(folder) -> str | None:
+    """The pad token a transformers tokenizer folder declares, if any."""
+    folder = Path(folder)
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        pad = read_json(folder / name).get("pad_token")
+        if isinstance(pad, dict):
+            pad = pad.get("content")
+        if isinstance(pad, str):
+            return pad
+    return None
+
+
+def image_settings_of(folder, image_size: int, mean, std) -> dict:
+    """Image size, mean and std from a transformers `preprocessor_config.json` (the given defaults otherwise)."""
+    config = read_json(Path(folder) / "preprocessor_config.json")
+    crop = config.get("crop_size")
+    if isinstance(crop, dict):
+        crop = crop.get("height")
+    return dict(
+        image_size=crop if isinstance(crop, int) else image_size,
+        mean=tuple(config.get("image_mean", mean)),
+        std=tuple(config.get("image_std", std)),
+    )
