@@ -58,8 +58,24 @@ def test_dual_model_uses_the_fast_path_with_identical_features(model):
         features = model.get_text_features(ids, mask)
     assert fast.text_model_output.last_hidden_state.shape[1] == 9
     assert full.text_model_output.last_hidden_state.shape[1] == 16
+    assert fast.vision_model_output.last_hidden_state.shape[1] == 1
+    assert max_diff(fast.logits_per_image, full.logits_per_image) < TOLERANCE
     assert max_diff(fast.logits_per_text, full.logits_per_text) < TOLERANCE
     assert max_diff(features.pooler_output, full.text_model_output.pooler_output) < TOLERANCE
+
+
+@pytest.mark.parametrize("projected", [False, True])
+def test_vision_pooled_only_computes_the_class_token_alone(projected):
+    torch.manual_seed(8)
+    tower_class = DualClipVisionModelWithProjection if projected else DualClipVisionModel
+    tower = tower_class(DualClipVisionConfig(**VISION)).eval()
+    pixels = pixel_batch()
+    with torch.no_grad():
+        full, fast = tower(pixels), tower(pixels, pooled_only=True)
+    assert fast.last_hidden_state.shape[1] == 1 < full.last_hidden_state.shape[1]
+    pooled = "image_embeds" if projected else "pooler_output"
+    assert max_diff(full[pooled], fast[pooled]) < TOLERANCE
+    assert max_diff(full.last_hidden_state[:, :1], fast.last_hidden_state) < TOLERANCE
 
 
 def test_fast_path_is_off_when_token_level_states_are_requested():
@@ -255,7 +271,7 @@ def test_row_without_eos_pools_its_last_position():
 def test_interpolate_pos_encoding_runs_other_sizes(model):
     pixels = pixel_batch(batch=2, size=48)
     with torch.no_grad():
-        out = model.get_image_features(pixels, interpolate_pos_encoding=True)
+        out = model.get_image_features(pixels, interpolate_pos_encoding=True, pooled_only=False)
         same_size = model.get_image_features(pixel_batch(batch=2), interpolate_pos_encoding=True)
         plain = model.get_image_features(pixel_batch(batch=2))
     assert out.last_hidden_state.shape[1] == (48 // 8) ** 2 + 1

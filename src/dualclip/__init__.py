@@ -4,6 +4,7 @@ Importing the package registers every dualclip class with the transformers Auto 
 """
 
 from .configuration_dualclip import DualClipConfig, DualClipTextConfig, DualClipVisionConfig
+from .image_processing_dualclip import DualClipImageProcessor
 from .modeling_dualclip import (
     DualClipModel,
     DualClipPreTrainedModel,
@@ -12,6 +13,7 @@ from .modeling_dualclip import (
     DualClipVisionModel,
     DualClipVisionModelWithProjection,
 )
+from .processing_dualclip import DualClipProcessor
 from .registration import register_auto_classes
 
 __version__ = "0.1.0"
@@ -28,4 +30,6 @@ __all__ = [
     "DualClipTextModelWithProjection",
     "DualClipVisionModel",
     "DualClipVisionModelWithProjection",
+    "DualClipImageProcessor",
+    "DualClipProcessor",
 ]

@@ -106,10 +106,13 @@ class DualClipAttention(nn.Module):
         self.q_proj = nn.Linear(self.embed_dim, self.embed_dim)
         self.out_proj = nn.Linear(self.embed_dim, self.embed_dim)
 
-    def forward(self, hidden_states, mask=None, is_causal=False, output_attentions=False):
+    def forward(self, hidden_states, mask=None, is_causal=False, output_attentions=False, query_length=None):
+        """`query_length` keeps only the first positions as queries (all positions stay keys and values)."""
         batch, length, _ = hidden_states.shape
+        query_states = hidden_states if query_length is None else hidden_states[:, :query_length]
+        query = self.q_proj(query_states).view(batch, query_states.shape[1], self.num_heads, self.head_dim)
+        query = query.transpose(1, 2)
         shape = (batch, length, self.num_heads, self.head_dim)
-        query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
         key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
         value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
         dropout = self.dropout if self.training else 0.0
@@ -123,7 +126,7 @@ class DualClipAttention(nn.Module):
                 query, key, value, attn_mask=mask, dropout_p=dropout, is_causal=is_causal, scale=self.scale
             )
             weights = None
-        output = output.transpose(1, 2).reshape(batch, length, self.embed_dim)
+        output = output.transpose(1, 2).reshape(batch, query_states.shape[1], self.embed_dim)
         return self.out_proj(output), weights
 
 
@@ -169,8 +172,13 @@ class DualClipEncoderLayer(GradientCheckpointingLayer):
         else:
             self.layer_scale1 = self.layer_scale2 = nn.Identity()
 
-    def forward(self, hidden_states, mask=None, is_causal=False, output_attentions=False):
-        attended, weights = self.self_attn(self.layer_norm1(hidden_states), mask, is_causal, output_attentions)
+    def forward(self, hidden_states, mask=None, is_causal=False, output_attentions=False, query_length=None):
+        """`query_length` computes only the first positions' outputs (the rest still serve as keys and values)."""
+        attended, weights = self.self_attn(
+            self.layer_norm1(hidden_states), mask, is_causal, output_attentions, query_length
+        )
+        if query_length is not None:
+            hidden_states = hidden_states[:, :query_length]
         hidden_states = hidden_states + self.layer_scale1(attended)
         hidden_states = hidden_states + self.layer_scale2(self.mlp(self.layer_norm2(hidden_states)))
         return hidden_states, weights
@@ -185,16 +193,30 @@ class DualClipEncoder(nn.Module):
         self.layers = nn.ModuleList([DualClipEncoderLayer(config) for _ in range(config.num_hidden_layers)])
         self.gradient_checkpointing = False
 
-    def forward(self, hidden_states, mask=None, is_causal=False, output_attentions=False, output_hidden_states=False):
+    def forward(
+        self,
+        hidden_states,
+        mask=None,
+        is_causal=False,
+        output_attentions=False,
+        output_hidden_states=False,
+        last_layer_query_length=None,
+    ):
         """Returns `(last_hidden_state, hidden_states, attentions)`; the tuples are `None` unless requested.
 
-        `hidden_states` holds the input embeddings followed by every layer's output.
+        `hidden_states` holds the input embeddings followed by every layer's output. `last_layer_query_length`
+        makes the last layer compute only the first positions (all a pooled read needs from a class token).
         """
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
-        for layer in self.layers:
+        last_index = len(self.layers) - 1
+        for index, layer in enumerate(self.layers):
             hidden_states, weights = layer(
-                hidden_states, mask=mask, is_causal=is_causal, output_attentions=output_attentions
+                hidden_states,
+                mask=mask,
+                is_causal=is_causal,
+                output_attentions=output_attentions,
+                query_length=last_layer_query_length if index == last_index else None,
             )
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
@@ -403,12 +425,23 @@ class DualClipVisionTransformer(nn.Module):
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(
-        self, pixel_values, output_attentions=False, output_hidden_states=False, interpolate_pos_encoding=False
+        self,
+        pixel_values,
+        output_attentions=False,
+        output_hidden_states=False,
+        interpolate_pos_encoding=False,
+        pooled_only=False,
     ) -> BaseModelOutputWithPooling:
+        """`pooled_only=True`: the last layer computes only the class token, the one position pooling reads, and
+        `last_hidden_state` is that position alone. Ignored when hidden states or attentions are requested."""
         check_pixel_values(pixel_values, self.config, interpolate_pos_encoding)
         hidden_states = self.pre_layrnorm(self.embeddings(pixel_values, interpolate_pos_encoding))
+        class_token_only = pooled_only and not (output_attentions or output_hidden_states)
         last_hidden_state, all_hidden_states, all_attentions = self.encoder(
-            hidden_states, output_attentions=output_attentions, output_hidden_states=output_hidden_states
+            hidden_states,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            last_layer_query_length=1 if class_token_only else None,
         )
         return BaseModelOutputWithPooling(
             last_hidden_state=last_hidden_state,
@@ -635,9 +668,14 @@ class DualClipVisionModel(DualClipPreTrainedModel):
         output_hidden_states: bool | None = None,
         interpolate_pos_encoding: bool = False,
         return_dict: bool | None = None,
+        pooled_only: bool = False,
         **kwargs,
     ) -> tuple | BaseModelOutputWithPooling:
-        """Encodes `pixel_values` (batch, channels, height, width); other sizes need `interpolate_pos_encoding`."""
+        """Encodes `pixel_values` (batch, channels, height, width); other sizes need `interpolate_pos_encoding`.
+
+        `pooled_only=True` promises that only `pooler_output` is read: the last layer then computes the class token
+        alone (same pooled numbers, less work) and `last_hidden_state` holds that position only.
+        """
         output_attentions, output_hidden_states, return_dict = self._resolve_outputs(
             output_attentions, output_hidden_states, return_dict
         )
@@ -646,6 +684,7 @@ class DualClipVisionModel(DualClipPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             interpolate_pos_encoding=interpolate_pos_encoding,
+            pooled_only=pooled_only,
         )
         return outputs if return_dict else outputs.to_tuple()
 
@@ -674,9 +713,10 @@ class DualClipVisionModelWithProjection(DualClipPreTrainedModel):
         output_hidden_states: bool | None = None,
         interpolate_pos_encoding: bool = False,
         return_dict: bool | None = None,
+        pooled_only: bool = False,
         **kwargs,
     ) -> tuple | DualClipVisionModelOutput:
-        """Encodes `pixel_values` and projects the pooled state."""
+        """Encodes `pixel_values` and projects the pooled state; `pooled_only` as in [`DualClipVisionModel.forward`]."""
         output_attentions, output_hidden_states, return_dict = self._resolve_outputs(
             output_attentions, output_hidden_states, return_dict
         )
@@ -685,6 +725,7 @@ class DualClipVisionModelWithProjection(DualClipPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             interpolate_pos_encoding=interpolate_pos_encoding,
+            pooled_only=pooled_only,
         )
         outputs = DualClipVisionModelOutput(
             image_embeds=self.visual_projection(vision_outputs.pooler_output),
@@ -765,14 +806,20 @@ class DualClipModel(DualClipPreTrainedModel):
         interpolate_pos_encoding: bool = False,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        pooled_only: bool = True,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
-        """Image tower output with `pooler_output` replaced by the projected image features."""
+        """Image tower output with `pooler_output` replaced by the projected image features.
+
+        With `pooled_only=True` (the default) the last layer computes only the pooled position: identical
+        features, and `last_hidden_state` then holds that position alone.
+        """
         outputs = self.vision_model(
             pixel_values,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             interpolate_pos_encoding=interpolate_pos_encoding,
+            pooled_only=pooled_only,
         )
         outputs.pooler_output = self.visual_projection(outputs.pooler_output)
         return outputs
@@ -795,14 +842,15 @@ class DualClipModel(DualClipPreTrainedModel):
 
         As in transformers 5, `text_model_output`/`vision_model_output` are the outputs of `get_text_features`/
         `get_image_features`: their `pooler_output` holds the projected (not yet normalised) features.
-        `pooled_only` as in [`get_text_features`].
+        `pooled_only` (default `True`) as in [`get_text_features`] and [`get_image_features`]: both towers compute
+        only what the logits use, and their `last_hidden_state` covers only the computed positions.
         """
         output_attentions, output_hidden_states, return_dict = self._resolve_outputs(
             output_attentions, output_hidden_states, return_dict
         )
         outputs_wanted = dict(output_attentions=output_attentions, output_hidden_states=output_hidden_states)
         vision_outputs = self.get_image_features(
-            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **outputs_wanted
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, pooled_only=pooled_only, **outputs_wanted
         )
         text_outputs = self.get_text_features(
             input_ids, attention_mask, position_ids, pooled_only=pooled_only, **outputs_wanted

@@ -2,11 +2,14 @@
 
 from transformers import (
     AutoConfig,
+    AutoImageProcessor,
     AutoModel,
     AutoModelForZeroShotImageClassification,
+    AutoProcessor,
 )
 
 from .configuration_dualclip import DualClipConfig, DualClipTextConfig, DualClipVisionConfig
+from .image_processing_dualclip import DualClipImageProcessor
 from .modeling_dualclip import (
     DualClipModel,
     DualClipTextModel,
@@ -14,6 +17,7 @@ from .modeling_dualclip import (
     DualClipVisionModel,
     DualClipVisionModelWithProjection,
 )
+from .processing_dualclip import DualClipProcessor
 
 _CONFIGS = (DualClipConfig, DualClipTextConfig, DualClipVisionConfig)
 # The class `AutoModel` builds for each config; the projection towers are reached through `auto_map` of their own.
@@ -37,3 +41,14 @@ def register_auto_classes() -> None:
     DualClipVisionModel.register_for_auto_class("AutoModel")
     DualClipTextModelWithProjection.register_for_auto_class("AutoModel")
     DualClipVisionModelWithProjection.register_for_auto_class("AutoModel")
+
+    # One class under both backend names: with torchvision installed, AutoImageProcessor asks for "torchvision"
+    # first and would otherwise warn that it falls back to PIL.
+    AutoImageProcessor.register(
+        DualClipConfig,
+        image_processor_classes={"pil": DualClipImageProcessor, "torchvision": DualClipImageProcessor},
+        exist_ok=True,
+    )
+    AutoProcessor.register(DualClipConfig, DualClipProcessor, exist_ok=True)
+    DualClipImageProcessor.register_for_auto_class("AutoImageProcessor")
+    DualClipProcessor.register_for_auto_class("AutoProcessor")
