@@ -1,0 +1,112 @@
+"""OpenAI CLIP checkpoints -> dualclip: every released architecture, as TorchScript archives and plain state dicts,
+against OpenAI's own `clip.model` on the same random weights."""
+
+import json
+
+import pytest
+import torch
+from conversion_refs import (  # noqa: F401  (one_torch_thread is an autouse fixture)
+    FULL_OPENAI,
+    REDUCED_OPENAI,
+    compare_with_reference,
+    one_torch_thread,
+    openai_model,
+    randomize_,
+    save_openai_archive,
+    token_batch,
+)
+
+from dualclip import DualClipModel
+from dualclip.conversion import ConversionError, convert_checkpoint, detect_source
+
+
+def _compare(model, reference, images=2, texts=3):
+    reference = reference.float()
+    parts = dict(
+        encode_image=reference.encode_image,
+        encode_text=reference.encode_text,
+        logit_scale=reference.logit_scale,
+        blocks=reference.transformer.resblocks,
+        final_norm=reference.ln_final,
+    )
+    compare_with_reference(model, parts, reference.visual.input_resolution, token_batch()[:texts], images)
+
+
+@pytest.mark.parametrize("name", list(REDUCED_OPENAI))
+def test_released_archive_of_every_architecture(name, tmp_path):
+    """Reduced-size archives traced after OpenAI's float16 conversion, as released; the converted float32 model
+    equals the float32-cast reference."""
+    reference = openai_model(**REDUCED_OPENAI[name])
+    archive = tmp_path / "model.pt"
+    save_openai_archive(reference, archive)
+    assert detect_source(archive) == "openai"
+
+    result = convert_checkpoint(archive, tmp_path / "out")
+    assert result.dtype == "float32"  # the archive mixes float16 and float32
+    model = DualClipModel.from_pretrained(tmp_path / "out").eval()
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["vision_config"]["backbone"] == ("resnet" if name.startswith("RN") else "vit")
+    assert config["vision_config"]["image_size"] == REDUCED_OPENAI[name]["image_resolution"]
+    if name.startswith("RN"):
+        assert config["vision_config"]["resnet_layers"] == list(REDUCED_OPENAI[name]["vision_layers"])
+    else:
+        assert config["vision_config"]["patch_size"] == REDUCED_OPENAI[name]["vision_patch_size"]
+    _compare(model, reference)
+
+
+@pytest.mark.parametrize("name", ["ViT-B/16", "RN50x4"])
+def test_plain_state_dict(name, tmp_path):
+    reference = openai_model(**REDUCED_OPENAI[name], seed=1)
+    torch.save(reference.state_dict(), tmp_path / "state.pt")
+    result = convert_checkpoint(tmp_path / "state.pt", tmp_path / "out", "openai", verify=True)
+    assert result.verification.passed, result.verification.summary()
+    _compare(DualClipModel.from_pretrained(tmp_path / "out").eval(), reference)
+
+
+@pytest.mark.parametrize("name", list(FULL_OPENAI))
+def test_full_size(name, tmp_path):
+    """Full-size ViT-B/32 and RN50 archives: named as released, same numbers as the reference."""
+    from clip.model import CLIP
+
+    reference = randomize_(CLIP(**FULL_OPENAI[name]), matrices=False)
+    save_openai_archive(reference, tmp_path / "model.pt")
+    result = convert_checkpoint(tmp_path / "model.pt", tmp_path / "out", dtype="float32")
+    assert result.architecture == name
+    assert result.num_parameters == sum(p.numel() for p in reference.parameters())
+    assert "| Architecture | " + name in (tmp_path / "out" / "README.md").read_text()
+    _compare(DualClipModel.from_pretrained(tmp_path / "out").eval(), reference, images=1, texts=2)
+
+
+def test_float16_output_and_sharding(tmp_path):
+    reference = openai_model(**REDUCED_OPENAI["ViT-B/32"])
+    save_openai_archive(reference, tmp_path / "model.pt")
+    result = convert_checkpoint(tmp_path / "model.pt", tmp_path / "out", dtype="float16", max_shard_size="2MB")
+    assert result.dtype == "float16"
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    model = DualClipModel.from_pretrained(tmp_path / "out")
+    assert model.dtype == torch.float16
+    # Every float16 weight of the archive comes through exactly.
+    state = torch.jit.load(str(tmp_path / "model.pt")).state_dict()
+    assert torch.equal(model.visual_projection.weight, state["visual.proj"].t())
+    q = model.text_model.encoder.layers[0].self_attn.q_proj.weight
+    assert torch.equal(q, state["transformer.resblocks.0.attn.in_proj_weight"][:64])
+
+
+def test_verify_reports_the_reference(tmp_path):
+    reference = openai_model(**REDUCED_OPENAI["RN50"])
+    save_openai_archive(reference, tmp_path / "model.pt")
+    result = convert_checkpoint(tmp_path / "model.pt", tmp_path / "out", verify=True)
+    assert result.verification.passed
+    assert result.verification.max_difference < 1e-5
+    assert "passed against OpenAI CLIP" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_openclip_state_dict_is_not_taken_for_openai(tmp_path):
+    reference = openai_model(**REDUCED_OPENAI["ViT-B/32"])
+    state = reference.state_dict()
+    state["logit_bias"] = torch.tensor(-10.0)
+    torch.save(state, tmp_path / "state.pt")
+    with pytest.raises(ConversionError, match="looks like an OpenCLIP one"):
+        convert_checkpoint(tmp_path / "state.pt", tmp_path / "out", "openai")
+    assert not (tmp_path / "out").exists()
