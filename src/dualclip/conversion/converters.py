@@ -37,6 +37,7 @@ from .preprocessing import (
     OPENAI_PAD_TOKEN,
     image_settings_of,
     pad_token_of,
+    read_json,
     save_image_processor,
     save_tokenizer,
 )
@@ -444,31 +445,41 @@ def _describe(config, class_name: str) -> str:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+_IMAGE_SETTINGS = (
+    "do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor", "do_normalize",
+    "image_mean", "image_std", "do_convert_rgb",
+)
+
+
+def _bpe_vocab_and_merges(folder: Path):
+    """OpenAI's BPE vocabulary and merges from a dualclip folder's `tokenizer.json`, or `None`."""
+    model = read_json(folder / "tokenizer.json").get("model") or {}
+    if model.get("type") != "BPE" or not model.get("vocab") or not model.get("merges"):
+        return None
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return model["vocab"], merges
+
+
 def _save_clip_companions(src: Path, staging: Path, config) -> list[str]:
     """Stock CLIP tokenizer and image-processor files from the dualclip folder's own."""
     import transformers
 
     notes = []
-    if (src / "vocab.json").is_file() and (src / "merges.txt").is_file():
-        tokenizer = transformers.CLIPTokenizer(
-            vocab_file=str(src / "vocab.json"),
-            merges_file=str(src / "merges.txt"),
+    text = getattr(config, "text_config", config if config.model_type.endswith("text_model") else None)
+    bpe = _bpe_vocab_and_merges(src) if text is not None else None
+    if bpe is not None:
+        transformers.CLIPTokenizer(
+            vocab=bpe[0],
+            merges=bpe[1],
             pad_token=pad_token_of(src) or EOS_PAD_TOKEN,
-            model_max_length=getattr(getattr(config, "text_config", config), "max_position_embeddings", 77),
-        )
-        tokenizer.save_pretrained(staging)
+            model_max_length=text.max_position_embeddings,
+        ).save_pretrained(staging)
         notes.append("Tokenizer written as transformers' CLIPTokenizer, which differs from OpenAI's (and dualclip's) "
                      "on some inputs (HTML entities, curly quotes, ligatures).")
-    if (src / "preprocessor_config.json").is_file():
-        vision = getattr(config, "vision_config", config)
-        settings = image_settings_of(src, getattr(vision, "image_size", 224), OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD)
-        size = settings["image_size"]
-        transformers.CLIPImageProcessorPil(
-            size={"shortest_edge": size},
-            crop_size={"height": size, "width": size},
-            image_mean=list(settings["mean"]),
-            image_std=list(settings["std"]),
-        ).save_pretrained(staging)
+    processor = read_json(src / "preprocessor_config.json")
+    if processor and not config.model_type.endswith("text_model"):
+        # DualClipImageProcessor's settings are CLIPImageProcessor's (same names, same pixels).
+        transformers.CLIPImageProcessorPil(**{k: v for k, v in processor.items() if k in _IMAGE_SETTINGS}).save_pretrained(staging)
     return notes
 
 
