@@ -36,17 +36,22 @@ def model():
 # --- pooled fast path ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("pooling", ["eos", "argmax"])
-def test_pooled_fast_path_gives_the_same_pooled_outputs(pooling):
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("pooling", ["eos", "argmax", "last"])
+@pytest.mark.parametrize("use_mask", [True, False])
+def test_pooled_fast_path_gives_the_same_pooled_outputs(pooling, attn_implementation, use_mask):
     torch.manual_seed(3)
     text = DualClipTextModelWithProjection(DualClipTextConfig(**TEXT, pooling=pooling)).eval()
+    text.set_attn_implementation(attn_implementation)
     ids, mask = text_batch(lengths=(5, 9, 3, 7))  # padded to 16, last EOS at position 8
+    mask = mask if use_mask else None
     with torch.no_grad():
         full = text(ids, mask)
         fast = text(ids, mask, pooled_only=True)
-    assert fast.last_hidden_state.shape[1] == 9 < full.last_hidden_state.shape[1]
+    assert fast.last_hidden_state.shape == (4, 1, TEXT["hidden_size"])
     assert max_diff(full.text_embeds, fast.text_embeds) < TOLERANCE
-    assert max_diff(full.last_hidden_state[:, :9], fast.last_hidden_state) < TOLERANCE
+    positions = dualclip.modeling_dualclip.pooled_positions(ids, pooling, EOS)
+    assert max_diff(full.last_hidden_state[torch.arange(4), positions], fast.last_hidden_state[:, 0]) < TOLERANCE
 
 
 def test_dual_model_uses_the_fast_path_with_identical_features(model):
@@ -56,7 +61,7 @@ def test_dual_model_uses_the_fast_path_with_identical_features(model):
         fast = model(input_ids=ids, attention_mask=mask, pixel_values=pixels)
         full = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, pooled_only=False)
         features = model.get_text_features(ids, mask)
-    assert fast.text_model_output.last_hidden_state.shape[1] == 9
+    assert fast.text_model_output.last_hidden_state.shape[1] == 1
     assert full.text_model_output.last_hidden_state.shape[1] == 16
     assert fast.vision_model_output.last_hidden_state.shape[1] == 1
     assert max_diff(fast.logits_per_image, full.logits_per_image) < TOLERANCE
@@ -84,8 +89,13 @@ def test_fast_path_is_off_when_token_level_states_are_requested():
     ids, _ = text_batch(lengths=(4, 6))
     out = text(ids, pooled_only=True, output_hidden_states=True)
     assert all(state.shape[1] == 16 for state in out.hidden_states)
+
+    # Without a causal mask every position matters to the pooled one, but the last layer still needs only it.
     bidirectional = DualClipTextModel(DualClipTextConfig(**TEXT, causal_mask=False)).eval()
-    assert bidirectional(ids, pooled_only=True).last_hidden_state.shape[1] == 16
+    ids, mask = text_batch(lengths=(4, 6))
+    with torch.no_grad():
+        full, fast = bidirectional(ids, mask), bidirectional(ids, mask, pooled_only=True)
+    assert max_diff(full.pooler_output, fast.pooler_output) < TOLERANCE
 
 
 # --- loading, saving, Auto classes, remote code ------------------------------------------------------------------------

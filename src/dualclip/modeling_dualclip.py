@@ -106,10 +106,10 @@ class DualClipAttention(nn.Module):
         self.q_proj = nn.Linear(self.embed_dim, self.embed_dim)
         self.out_proj = nn.Linear(self.embed_dim, self.embed_dim)
 
-    def forward(self, hidden_states, mask=None, is_causal=False, output_attentions=False, query_length=None):
-        """`query_length` keeps only the first positions as queries (all positions stay keys and values)."""
+    def forward(self, hidden_states, mask=None, is_causal=False, output_attentions=False, query_states=None):
+        """Self-attention over `hidden_states`; with `query_states` (fewer positions) only those are queries."""
         batch, length, _ = hidden_states.shape
-        query_states = hidden_states if query_length is None else hidden_states[:, :query_length]
+        query_states = hidden_states if query_states is None else query_states
         query = self.q_proj(query_states).view(batch, query_states.shape[1], self.num_heads, self.head_dim)
         query = query.transpose(1, 2)
         shape = (batch, length, self.num_heads, self.head_dim)
@@ -172,13 +172,16 @@ class DualClipEncoderLayer(GradientCheckpointingLayer):
         else:
             self.layer_scale1 = self.layer_scale2 = nn.Identity()
 
-    def forward(self, hidden_states, mask=None, is_causal=False, output_attentions=False, query_length=None):
-        """`query_length` computes only the first positions' outputs (the rest still serve as keys and values)."""
-        attended, weights = self.self_attn(
-            self.layer_norm1(hidden_states), mask, is_causal, output_attentions, query_length
-        )
-        if query_length is not None:
-            hidden_states = hidden_states[:, :query_length]
+    def forward(self, hidden_states, mask=None, is_causal=False, output_attentions=False, query_positions=None):
+        """`query_positions` (one index per row) computes only that position's output, shape (batch, 1, hidden);
+        every position still serves as key and value. `mask` must then already be the one for those queries."""
+        normed = self.layer_norm1(hidden_states)
+        query_states = None
+        if query_positions is not None:
+            rows = torch.arange(hidden_states.shape[0], device=hidden_states.device)
+            hidden_states = hidden_states[rows, query_positions].unsqueeze(1)
+            query_states = normed[rows, query_positions].unsqueeze(1)
+        attended, weights = self.self_attn(normed, mask, is_causal, output_attentions, query_states)
         hidden_states = hidden_states + self.layer_scale1(attended)
         hidden_states = hidden_states + self.layer_scale2(self.mlp(self.layer_norm2(hidden_states)))
         return hidden_states, weights
@@ -200,29 +203,46 @@ class DualClipEncoder(nn.Module):
         is_causal=False,
         output_attentions=False,
         output_hidden_states=False,
-        last_layer_query_length=None,
+        pooled_positions=None,
     ):
         """Returns `(last_hidden_state, hidden_states, attentions)`; the tuples are `None` unless requested.
 
-        `hidden_states` holds the input embeddings followed by every layer's output. `last_layer_query_length`
-        makes the last layer compute only the first positions (all a pooled read needs from a class token).
+        `hidden_states` holds the input embeddings followed by every layer's output. With `pooled_positions` (one
+        index per row) the last layer computes only those positions, all a pooled read needs, and
+        `last_hidden_state` is `(batch, 1, hidden)`.
         """
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         last_index = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
-            hidden_states, weights = layer(
-                hidden_states,
-                mask=mask,
-                is_causal=is_causal,
-                output_attentions=output_attentions,
-                query_length=last_layer_query_length if index == last_index else None,
-            )
+            if index == last_index and pooled_positions is not None:
+                length = hidden_states.shape[1]
+                hidden_states, weights = layer(
+                    hidden_states,
+                    mask=_pooled_query_mask(mask, is_causal, pooled_positions, length),
+                    output_attentions=output_attentions,
+                    query_positions=pooled_positions,
+                )
+            else:
+                hidden_states, weights = layer(
+                    hidden_states, mask=mask, is_causal=is_causal, output_attentions=output_attentions
+                )
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:
                 all_attentions += (weights,)
         return hidden_states, all_hidden_states, all_attentions
+
+
+def _pooled_query_mask(mask, is_causal: bool, positions: torch.Tensor, length: int):
+    """The rows of a `(batch, 1, length, length)` mask (or of the causal mask) that the pooled queries use."""
+    if mask is not None:
+        rows = torch.arange(mask.shape[0], device=mask.device)
+        return mask[rows, 0, positions][:, None, None, :]
+    if is_causal:
+        keys = torch.arange(length, device=positions.device)
+        return (keys[None, :] <= positions[:, None])[:, None, None, :]
+    return None
 
 
 def _causal_mask(length: int, device) -> torch.Tensor:
@@ -323,8 +343,10 @@ class DualClipTextTransformer(nn.Module):
         config = self.config
         pool_at = pooled_positions(input_ids, config.pooling, config.eos_token_id)
 
-        # Under a causal mask, positions after a row's pooled position cannot change it: stop at the batch's last one.
-        if pooled_only and config.causal_mask and not (output_attentions or output_hidden_states or _is_compiling()):
+        # Only the pooled position's output is read: the last layer computes it alone, and under a causal mask the
+        # positions after the batch's last pooled position cannot change any of them, so they are not computed.
+        computes_pooled_only = pooled_only and not (output_attentions or output_hidden_states)
+        if computes_pooled_only and config.causal_mask and not _is_compiling():
             keep = int(pool_at.max()) + 1
             input_ids = input_ids[:, :keep]
             attention_mask = None if attention_mask is None else attention_mask[:, :keep]
@@ -338,10 +360,14 @@ class DualClipTextTransformer(nn.Module):
             is_causal=config.causal_mask and mask is None,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            pooled_positions=pool_at if computes_pooled_only else None,
         )
         last_hidden_state = self.final_layer_norm(last_hidden_state)
-        rows = torch.arange(last_hidden_state.shape[0], device=last_hidden_state.device)
-        pooled_output = last_hidden_state[rows, pool_at.to(last_hidden_state.device)]
+        if computes_pooled_only:
+            pooled_output = last_hidden_state[:, 0]
+        else:
+            rows = torch.arange(last_hidden_state.shape[0], device=last_hidden_state.device)
+            pooled_output = last_hidden_state[rows, pool_at.to(last_hidden_state.device)]
         return BaseModelOutputWithPooling(
             last_hidden_state=last_hidden_state,
             pooler_output=pooled_output,
@@ -437,11 +463,12 @@ class DualClipVisionTransformer(nn.Module):
         check_pixel_values(pixel_values, self.config, interpolate_pos_encoding)
         hidden_states = self.pre_layrnorm(self.embeddings(pixel_values, interpolate_pos_encoding))
         class_token_only = pooled_only and not (output_attentions or output_hidden_states)
+        class_token = torch.zeros(hidden_states.shape[0], dtype=torch.long, device=hidden_states.device)
         last_hidden_state, all_hidden_states, all_attentions = self.encoder(
             hidden_states,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
-            last_layer_query_length=1 if class_token_only else None,
+            pooled_positions=class_token if class_token_only else None,
         )
         return BaseModelOutputWithPooling(
             last_hidden_state=last_hidden_state,
@@ -575,9 +602,10 @@ class DualClipTextModel(DualClipPreTrainedModel):
     ) -> tuple | BaseModelOutputWithPooling:
         """Encodes `input_ids` (batch, sequence).
 
-        `pooled_only=True` promises that only `pooler_output` is used: the tower then stops at the batch's last
-        pooled position (same pooled numbers, less work) and `last_hidden_state` covers only the positions computed.
-        It is ignored when hidden states or attentions are requested, or without a causal mask.
+        `pooled_only=True` promises that only `pooler_output` is read: the last layer computes the pooled position
+        alone and, under a causal mask, positions after the batch's last pooled position are not computed (same
+        pooled numbers, a fraction of the work); `last_hidden_state` is then `(batch, 1, hidden)`, the pooled
+        position. It is ignored when hidden states or attentions are requested.
         """
         output_attentions, output_hidden_states, return_dict = self._resolve_outputs(
             output_attentions, output_hidden_states, return_dict
@@ -674,7 +702,7 @@ class DualClipVisionModel(DualClipPreTrainedModel):
         """Encodes `pixel_values` (batch, channels, height, width); other sizes need `interpolate_pos_encoding`.
 
         `pooled_only=True` promises that only `pooler_output` is read: the last layer then computes the class token
-        alone (same pooled numbers, less work) and `last_hidden_state` holds that position only.
+        alone (same pooled numbers, less work) and `last_hidden_state` is `(batch, 1, hidden)`, that position.
         """
         output_attentions, output_hidden_states, return_dict = self._resolve_outputs(
             output_attentions, output_hidden_states, return_dict
@@ -786,8 +814,8 @@ class DualClipModel(DualClipPreTrainedModel):
     ) -> BaseModelOutputWithPooling:
         """Text tower output with `pooler_output` replaced by the projected text features (transformers 5 convention).
 
-        Computes only up to the batch's last EOS by default (`pooled_only=True`): the projected features are
-        identical, and `last_hidden_state` then covers only those positions.
+        By default (`pooled_only=True`) only what the pooled position needs is computed (see
+        [`DualClipTextModel.forward`]): identical features, and `last_hidden_state` is the pooled position alone.
         """
         outputs = self.text_model(
             input_ids,
@@ -812,7 +840,7 @@ class DualClipModel(DualClipPreTrainedModel):
         """Image tower output with `pooler_output` replaced by the projected image features.
 
         With `pooled_only=True` (the default) the last layer computes only the pooled position: identical
-        features, and `last_hidden_state` then holds that position alone.
+        features, and `last_hidden_state` is that position alone.
         """
         outputs = self.vision_model(
             pixel_values,
@@ -843,7 +871,7 @@ class DualClipModel(DualClipPreTrainedModel):
         As in transformers 5, `text_model_output`/`vision_model_output` are the outputs of `get_text_features`/
         `get_image_features`: their `pooler_output` holds the projected (not yet normalised) features.
         `pooled_only` (default `True`) as in [`get_text_features`] and [`get_image_features`]: both towers compute
-        only what the logits use, and their `last_hidden_state` covers only the computed positions.
+        only what the logits use, and their `last_hidden_state` is the pooled position alone.
         """
         output_attentions, output_hidden_states, return_dict = self._resolve_outputs(
             output_attentions, output_hidden_states, return_dict
