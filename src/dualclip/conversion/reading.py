@@ -12,6 +12,7 @@ reads a corrupted archive without complaint.
 
 import os
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,13 +145,14 @@ def _load_pickle(path: Path, zip_based: bool) -> object:
         # mmap keeps tensors we never touch (a training checkpoint's optimizer state) out of memory.
         return torch.load(os.fspath(path), map_location="cpu", weights_only=True, mmap=zip_based)
     except pickle.UnpicklingError as error:
+        reason = re.search(r"WeightsUnpickler error:\s*([^\n]+?)(?: Please use|\n|$)", str(error))
         raise ConversionError(
             f"{path} was refused by the safe loader (torch.load with weights_only=True): it holds more than "
-            f"tensors and plain containers, e.g. code to run on loading. Nothing from it was executed. "
-            f"Loader message: {str(error).splitlines()[0]}"
+            f"tensors and plain containers, such as code to run on loading. Nothing from it was executed."
+            + (f" ({reason.group(1).strip()})" if reason else "")
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise ConversionError(f"{path} is truncated, corrupt or not a PyTorch checkpoint: {error}") from None
+        raise ConversionError(f"{path} is truncated or corrupt, or not a PyTorch checkpoint: {error}") from None
 
 
 def _unwrap(obj, path: Path) -> tuple[dict, dict, bool]:
@@ -197,7 +199,8 @@ def read_checkpoint(path: str | os.PathLike, progress: bool = False) -> Checkpoi
     if path.suffix == ".safetensors" or head[8:9] == b"{":
         return Checkpoint(tensors=TensorSource(safetensors_paths=[path]), format="safetensors", path=path)
 
-    zip_based = zipfile.is_zipfile(path)
+    # New-style pickles and TorchScript archives are zip files; a truncated one has lost its zip directory.
+    zip_based = head.startswith(b"PK\x03\x04")
     if zip_based:
         with _check_zip(path, progress) as archive:
             torchscript = _is_torchscript(archive)
