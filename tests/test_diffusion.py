@@ -265,24 +265,35 @@ def test_load_lora_weights_matches_stock(folders, sd_parts, sd1_tokenizer):
 # ---- Saving and loading pipelines ------------------------------------------------------------------------------------
 
 
-def test_pipeline_with_dualclip_encoders_saves_and_loads(tmp_path, folders, sdxl_parts):
-    """diffusers records a class from outside its known libraries by module path (`dualclip.modeling_dualclip`) and
-    loads it back from `sys.modules`, so `import dualclip` before `from_pretrained` is all it takes. Tokenizers are
-    transformers' own here; the next test covers dualclip's."""
+def test_stock_pipeline_folder_with_dualclip_encoders_saves_and_loads(tmp_path, folders, sdxl_parts):
+    """The user's path: a stock SDXL pipeline folder, its text encoders swapped for dualclip's (loaded from the same
+    subfolders), then saved and loaded again. diffusers records a class from outside its known libraries by module
+    path (`dualclip.modeling_dualclip`) and finds it in `sys.modules` on loading, so `import dualclip` before
+    `from_pretrained` is all it takes. Tokenizers are transformers' own here; the next test covers dualclip's."""
     bpe = str(tmp_path / "bpe")
     tokenizers = (tiny.stock_clip_tokenizer(bpe), tiny.stock_clip_tokenizer(bpe, pad_token="!"))
-    pipe = tiny.sdxl_pipeline(*sdxl_parts, load(DualClipTextModel, folders["text_encoder"]),
-                              load(DualClipTextModelWithProjection, folders["text_encoder_2"]), *tokenizers)
-    pipe.save_pretrained(tmp_path / "pipe")
-    index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
+    stock = tiny.sdxl_pipeline(*sdxl_parts, load(CLIPTextModel, folders["text_encoder"]),
+                               load(CLIPTextModelWithProjection, folders["text_encoder_2"]), *tokenizers)
+    stock.save_pretrained(tmp_path / "stock")
+    expected = tiny.generate(stock, prompt=PROMPT)
+
+    ours = StableDiffusionXLPipeline.from_pretrained(
+        tmp_path / "stock",
+        text_encoder=DualClipTextModel.from_pretrained(tmp_path / "stock", subfolder="text_encoder"),
+        text_encoder_2=DualClipTextModelWithProjection.from_pretrained(tmp_path / "stock", subfolder="text_encoder_2"),
+    )
+    ours.set_progress_bar_config(disable=True)
+    assert image_diff(tiny.generate(ours, prompt=PROMPT), expected) <= TOLERANCE
+
+    ours.save_pretrained(tmp_path / "ours")
+    index = json.loads((tmp_path / "ours" / "model_index.json").read_text())
     assert index["text_encoder"] == ["dualclip.modeling_dualclip", "DualClipTextModel"]
     assert index["text_encoder_2"] == ["dualclip.modeling_dualclip", "DualClipTextModelWithProjection"]
-
-    loaded = StableDiffusionXLPipeline.from_pretrained(tmp_path / "pipe")
+    loaded = StableDiffusionXLPipeline.from_pretrained(tmp_path / "ours")
     loaded.set_progress_bar_config(disable=True)
     assert type(loaded.text_encoder) is DualClipTextModel
     assert type(loaded.text_encoder_2) is DualClipTextModelWithProjection
-    assert image_diff(tiny.generate(loaded, prompt=PROMPT), tiny.generate(pipe, prompt=PROMPT)) <= TOLERANCE
+    assert image_diff(tiny.generate(loaded, prompt=PROMPT), expected) <= TOLERANCE
 
 
 @pytest.mark.xfail(

@@ -240,7 +240,8 @@ class PromptEncoder:
         text_encoders: one text encoder, or a list (SDXL: `[text_encoder, text_encoder_2]`; the last one must
             output `text_embeds`, i.e. be a `*TextModelWithProjection`). dualclip or stock transformers models.
         convention: `"sd1"`, `"sd2"` or `"sdxl"` (see the module docstring).
-        clip_skip: layers to skip from the end, as diffusers' `clip_skip` (`None` or 0: none).
+        clip_skip: layers to skip from the end, as diffusers' `clip_skip` (`None` or 0: none). It applies to the
+            negative prompt too, as in A1111; diffusers' own `encode_prompt` skips layers for the prompt only.
         restore_mean: after weighting, rescale each chunk to its unweighted mean (A1111). `False`: scale only.
         zero_empty_negative: when `negative_prompt` is `None`, return zeros as the negative embeddings instead of
             encoding `""`. Defaults to `True` for `"sdxl"` (SDXL's `force_zeros_for_empty_prompt`), else `False`.
