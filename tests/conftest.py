@@ -23,3 +23,10 @@ def _put_torchvision_stand_in_on_path() -> None:
 
 
 _put_torchvision_stand_in_on_path()
+
+
+def pytest_configure(config):
+    # Tiny test models are dominated by threading overhead; each xdist worker gets one core's worth.
+    import torch
+
+    torch.set_num_threads(1)
