@@ -58,8 +58,20 @@ def test_released_archive_of_every_architecture(name, tmp_path):
 def test_plain_state_dict(name, tmp_path):
     reference = openai_model(**REDUCED_OPENAI[name], seed=1)
     torch.save(reference.state_dict(), tmp_path / "state.pt")
+    assert detect_source(tmp_path / "state.pt") == "openai"
     result = convert_checkpoint(tmp_path / "state.pt", tmp_path / "out", "openai", verify=True)
     assert result.verification.passed, result.verification.summary()
+    _compare(DualClipModel.from_pretrained(tmp_path / "out").eval(), reference)
+
+
+def test_state_dict_taken_from_an_archive(tmp_path):
+    """`torch.jit.load(archive).state_dict()` saved as a plain `.pt` keeps OpenAI's three metadata entries."""
+    reference = openai_model(**REDUCED_OPENAI["RN101"])
+    save_openai_archive(reference, tmp_path / "model.pt")
+    state = torch.jit.load(str(tmp_path / "model.pt")).state_dict()
+    assert {"input_resolution", "context_length", "vocab_size"} <= state.keys()
+    torch.save(state, tmp_path / "state.pt")
+    convert_checkpoint(tmp_path / "state.pt", tmp_path / "out")
     _compare(DualClipModel.from_pretrained(tmp_path / "out").eval(), reference)
 
 

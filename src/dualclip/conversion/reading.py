@@ -136,14 +136,21 @@ def _load_torchscript(path: Path) -> tuple[dict, dict]:
         raise ConversionError(f"{path} could not be read as a TorchScript archive: {error}") from None
     state = {name: tensor.detach() for name, tensor in module.state_dict().items()}
     del module
-    metadata = {key: state.pop(key) for key in OPENAI_METADATA_KEYS if key in state}
-    return state, {key: int(value) for key, value in metadata.items()}
+    return state, _pop_openai_metadata(state)
 
 
 def _load_pickle(path: Path, zip_based: bool) -> object:
     try:
-        # mmap keeps tensors we never touch (a training checkpoint's optimizer state) out of memory.
-        return torch.load(os.fspath(path), map_location="cpu", weights_only=True, mmap=zip_based)
+        if not zip_based:
+            return torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+        # Memory-mapped, nothing is read until used: a training checkpoint's optimizer state never is.
+        obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True, mmap=True)
+        if isinstance(obj, dict) and "state_dict" in obj:
+            return obj
+        # A plain state dict is read into memory instead: each tensor's memory is freed once it is converted,
+        # while the pages of a mapping stay resident until the whole file is unmapped.
+        del obj
+        return torch.load(os.fspath(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         reason = re.search(r"WeightsUnpickler error:\s*([^\n]+?)(?: Please use|\n|$)", str(error))
         raise ConversionError(
@@ -166,12 +173,16 @@ def _unwrap(obj, path: Path) -> tuple[dict, dict, bool]:
     others = {k: v for k, v in state.items() if not torch.is_tensor(v)}
     if not tensors:
         raise ConversionError(f"{path} holds no tensors")
-    for key in OPENAI_METADATA_KEYS:
-        if key in others:
-            metadata[key] = others.pop(key)
+    metadata.update(_pop_openai_metadata(tensors))
+    metadata.update({key: others.pop(key) for key in OPENAI_METADATA_KEYS if key in others})
     if others:
         raise ConversionError(f"{path}: state dict entries that are not tensors: {', '.join(sorted(others))}")
     return tensors, metadata, wrapped
+
+
+def _pop_openai_metadata(tensors: dict) -> dict:
+    """OpenAI's `input_resolution`/`context_length`/`vocab_size` entries (one-number tensors), removed."""
+    return {key: int(tensors.pop(key)) for key in OPENAI_METADATA_KEYS if key in tensors and tensors[key].numel() == 1}
 
 
 def _strip_module_prefix(tensors: dict) -> tuple[dict, bool]:
