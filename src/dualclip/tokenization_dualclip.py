@@ -41,8 +41,12 @@ import numpy as np
 import regex
 from tokenizers import AddedToken, Encoding, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import BPE
+
+# transformers 5's public name for its `tokenizers`-backed base class (`TokenizersBackend`). Importing it by this
+# name also matters to diffusers, which picks a component's load method by looking its base-class names up in the
+# component's own module.
+from transformers import PreTrainedTokenizerFast
 from transformers.tokenization_utils_base import BatchEncoding, TruncationStrategy
-from transformers.tokenization_utils_tokenizers import TokenizersBackend
 from transformers.utils import PaddingStrategy, TensorType
 
 
@@ -309,7 +313,7 @@ class _PieceTable:
 # --------------------------------------------------------------------------------------------------------------
 
 
-class DualClipTokenizer(TokenizersBackend):
+class DualClipTokenizer(PreTrainedTokenizerFast):
     """OpenAI CLIP's tokenizer as a fast transformers tokenizer, identical to the original.
 
     With no arguments it is built from OpenAI's ``bpe_simple_vocab_16e6.txt.gz`` shipped in the package, and
@@ -709,7 +713,7 @@ class DualClipTokenizer(TokenizersBackend):
         verbose: bool = True,
         **convert_kwargs,
     ) -> BatchEncoding:
-        """Assemble a `BatchEncoding` from encodings the way `TokenizersBackend._encode_plus` does."""
+        """Assemble a `BatchEncoding` from encodings the way `PreTrainedTokenizerFast._encode_plus` does."""
         columns: dict[str, list] = {}
         rows: list[Encoding] = []
         sample_of_row: list[int] = []
