@@ -33,7 +33,9 @@ REDUCED_OPENAI = {
     "RN50x16": dict(vision_layers=(6, 8, 18, 8), vision_width=8, vision_patch_size=None, image_resolution=384),
     "RN50x64": dict(vision_layers=(3, 15, 36, 10), vision_width=8, vision_patch_size=None, image_resolution=448),
 }
-REDUCED_TEXT = dict(context_length=77, vocab_size=OPENAI_VOCAB, transformer_width=64, transformer_heads=1, transformer_layers=2)
+REDUCED_TEXT = dict(
+    context_length=77, vocab_size=OPENAI_VOCAB, transformer_width=64, transformer_heads=1, transformer_layers=2
+)
 FULL_OPENAI = {
     "ViT-B/32": dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=32,
                      context_length=77, vocab_size=OPENAI_VOCAB, transformer_width=512, transformer_heads=8,
@@ -125,7 +127,8 @@ def token_batch(vocab_size=OPENAI_VOCAB, context_length=77, eos=None, bos=None, 
     generator = torch.Generator().manual_seed(seed)
     rows = []
     for words in (context_length - 2, 3, 20):
-        row = ([bos] if bos is not None else []) + torch.randint(1, high, (words,), generator=generator).tolist() + [eos]
+        row = [bos] if bos is not None else []
+        row += torch.randint(1, high, (words,), generator=generator).tolist() + [eos]
         rows.append(row + [0] * (context_length - len(row)))
     return torch.tensor(rows)
 

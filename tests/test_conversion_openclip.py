@@ -166,8 +166,8 @@ def test_custom_text_raw_checkpoint_and_verify(tmp_path):
     cfg = CONFIGS["custom-text-siglip-style"]
     reference = openclip_model(tmp_path, "custom", cfg)
     path = save_training_checkpoint(reference, tmp_path / "epoch_3.pt")
-    result = convert_checkpoint(path, tmp_path / "out", "openclip", openclip_config=write_json(tmp_path / "c.json", cfg),
-                                verify=True)
+    config_json = write_json(tmp_path / "c.json", cfg)
+    result = convert_checkpoint(path, tmp_path / "out", "openclip", openclip_config=config_json, verify=True)
     assert result.verification.passed, result.verification.summary()
     assert any("Custom-text layout" in note for note in result.notes)
 
@@ -175,7 +175,7 @@ def test_custom_text_raw_checkpoint_and_verify(tmp_path):
 def test_preprocessing_and_tokenizer_files(tmp_path):
     cfg = CONFIGS["gelu-head-width-mlp-ratio"]
     reference = openclip_model(tmp_path, "pre", cfg)
-    preprocess = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bicubic", "resize_mode": "shortest"}
+    preprocess = {"mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bicubic", "resize_mode": "shortest"}
     folder = save_hub_folder(reference, cfg, tmp_path / "hub", preprocess=preprocess)
     convert_checkpoint(folder, tmp_path / "out")
     processor = json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())

@@ -122,7 +122,8 @@ class DualClipAttentionPool(nn.Module):
         self.num_heads = config.num_attention_heads
         self.head_dim = self.embed_dim // self.num_heads
         self.grid_size = config.image_size // RESNET_STRIDE
-        self.positional_embedding = nn.Parameter(torch.randn(self.grid_size**2 + 1, self.embed_dim) * self.embed_dim**-0.5)
+        positions = torch.randn(self.grid_size**2 + 1, self.embed_dim) * self.embed_dim**-0.5
+        self.positional_embedding = nn.Parameter(positions)
         self.q_proj = nn.Linear(self.embed_dim, self.embed_dim)
         self.k_proj = nn.Linear(self.embed_dim, self.embed_dim)
         self.v_proj = nn.Linear(self.embed_dim, self.embed_dim)

@@ -14,20 +14,19 @@ every failure is a `ConversionError` (a `ValueError`), `FileNotFoundError` or `F
 
 from .building import DTYPES
 from .converters import (
-    DEFAULT_MAX_SHARD_SIZE,
     SOURCES,
-    ConversionResult,
     convert_checkpoint,
     convert_hf_clip,
     convert_openai_checkpoint,
     convert_openclip_checkpoint,
     detect_source,
-    export_to_hf_clip,
 )
 from .errors import ConversionError
+from .export import export_to_hf_clip
 from .hf import clip_config_from_dualclip
 from .openai import OPENAI_ARCHITECTURES, openai_config
 from .openclip import openclip_config
+from .pipeline import DEFAULT_MAX_SHARD_SIZE, ConversionResult
 from .reading import Checkpoint, read_checkpoint
 from .verify import Verification
 

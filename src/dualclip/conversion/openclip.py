@@ -16,7 +16,11 @@ from .errors import ConversionError
 from .openai import OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD, openai_text_tokens
 
 HUB_CONFIG_NAME = "open_clip_config.json"
-HUB_WEIGHTS_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin")
+HUB_WEIGHTS_NAMES = (
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+)
 
 # Options that do not change a converted model: training-time only, or settings of a tower type that is not built.
 _IGNORED_TOP = {"init_logit_scale", "custom_text", "cast_dtype", "output_dict"}
@@ -70,7 +74,7 @@ def _check_options(cfg: dict, where: str, handled: set, ignored: set, refused: d
     for key, value in cfg.items():
         if key in refused:
             if value not in refused[key]:
-                why = _WHY.get(key, "custom attention blocks (qk_norm, scaled cosine attention, head/attention/MLP scales)")
+                why = _WHY.get(key, "custom attention blocks (qk_norm, cosine attention, head/attention/MLP scales)")
                 raise ConversionError(
                     f"unsupported OpenCLIP option {where}{key}={value!r}: dualclip does not support {why}"
                 )
@@ -134,8 +138,10 @@ def openclip_config(model_cfg: dict, tensors) -> tuple[DualClipConfig, ShapeFact
         vision_heads = facts.vision_hidden_size // head_width
     else:
         _expect("vision_cfg.layers", vision.get("layers", 12), facts.vision_layers)
-        _expect("vision_cfg.patch_size", _square(vision.get("patch_size", 16), "vision_cfg.patch_size"), facts.patch_size)
-        _expect("vision_cfg.mlp_ratio", int(facts.vision_width * vision.get("mlp_ratio", 4.0)), facts.vision_intermediate)
+        patch_size = _square(vision.get("patch_size", 16), "vision_cfg.patch_size")
+        _expect("vision_cfg.patch_size", patch_size, facts.patch_size)
+        mlp_width = int(facts.vision_width * vision.get("mlp_ratio", 4.0))
+        _expect("vision_cfg.mlp_ratio (MLP width)", mlp_width, facts.vision_intermediate)
         _expect("vision_cfg.no_ln_pre", bool(vision.get("no_ln_pre", False)), not facts.pre_norm)
         _expect("vision_cfg.ls_init_value", vision.get("ls_init_value") is not None, facts.vision_layer_scale)
         vision_heads = facts.vision_width // head_width
@@ -144,7 +150,8 @@ def openclip_config(model_cfg: dict, tensors) -> tuple[DualClipConfig, ShapeFact
     _expect("text_cfg.layers", text.get("layers", 12), facts.text_layers)
     _expect("text_cfg.vocab_size", text.get("vocab_size", OPENAI_VOCAB_SIZE), facts.vocab_size)
     _expect("text_cfg.context_length", text.get("context_length", 77), facts.context_length)
-    _expect("text_cfg.mlp_ratio", int(facts.text_width * text.get("mlp_ratio", 4.0)), facts.text_intermediate)
+    mlp_width = int(facts.text_width * text.get("mlp_ratio", 4.0))
+    _expect("text_cfg.mlp_ratio (MLP width)", mlp_width, facts.text_intermediate)
     _expect("text_cfg.ls_init_value", text.get("ls_init_value") is not None, facts.text_layer_scale)
     _expect("text_cfg.proj_bias", bool(text.get("proj_bias", False)), facts.text_projection_bias)
     _expect("init_logit_bias", model_cfg.get("init_logit_bias") is not None, facts.logit_bias)
@@ -159,9 +166,9 @@ def openclip_config(model_cfg: dict, tensors) -> tuple[DualClipConfig, ShapeFact
                 "unsupported OpenCLIP option text_cfg.eos_id=2 with pool_type='eos': dualclip reads eos_token_id 2 "
                 "as the legacy transformers value"
             )
-        tokens = dict(pooling="eos", eos_token_id=eos_id, bos_token_id=None)
+        tokens = {**openai_text_tokens(facts.vocab_size), "pooling": "eos", "eos_token_id": eos_id}
     elif pool_type == "last":
-        tokens = dict(pooling="last", **{k: v for k, v in openai_text_tokens(facts.vocab_size).items() if k != "pooling"})
+        tokens = {**openai_text_tokens(facts.vocab_size), "pooling": "last"}
     else:
         raise ConversionError(f"unsupported OpenCLIP option text_cfg.pool_type={pool_type!r} (eos, argmax, last are)")
 

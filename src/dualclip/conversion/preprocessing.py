@@ -19,7 +19,7 @@ _RESAMPLE = {"bicubic": PIL.Image.Resampling.BICUBIC, "bilinear": PIL.Image.Resa
 def save_tokenizer(folder, pad_token: str, model_max_length: int, vocab_size: int) -> str | None:
     """Writes OpenAI's BPE tokenizer (`DualClipTokenizer`) with the given pad token and context length."""
     if vocab_size != OPENAI_VOCAB_SIZE:
-        return f"no tokenizer written: the model has {vocab_size} token ids, OpenAI's vocabulary has {OPENAI_VOCAB_SIZE}"
+        return f"no tokenizer written: the model has {vocab_size} token ids, OpenAI's vocabulary {OPENAI_VOCAB_SIZE}"
     try:
         from ..tokenization_dualclip import DualClipTokenizer
     except ImportError as error:

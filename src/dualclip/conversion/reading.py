@@ -26,8 +26,6 @@ from .errors import ConversionError
 # Entries of an OpenAI TorchScript archive's state dict that are plain numbers, not weights.
 OPENAI_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
 _CRC_CHUNK = 1 << 22
-
-
 # safetensors dtype codes of floating-point tensors.
 _SAFETENSORS_FLOAT_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
 
@@ -57,9 +55,6 @@ class TensorSource:
     def __contains__(self, name: str) -> bool:
         return name in self._tensors or name in self._lazy
 
-    def __len__(self) -> int:
-        return len(self._tensors) + len(self._lazy)
-
     def shape(self, name: str) -> tuple[int, ...]:
         if name in self._lazy:
             return self._lazy[name][1]
@@ -68,7 +63,8 @@ class TensorSource:
     def float_dtypes(self) -> set[torch.dtype]:
         """The dtypes of the floating-point tensors (from the headers, for safetensors)."""
         dtypes = {t.dtype for t in self._tensors.values() if t.is_floating_point()}
-        return dtypes | {_SAFETENSORS_FLOAT_DTYPES[c] for _, _, c in self._lazy.values() if c in _SAFETENSORS_FLOAT_DTYPES}
+        lazy = {_SAFETENSORS_FLOAT_DTYPES.get(code) for _, _, code in self._lazy.values()}
+        return dtypes | (lazy - {None})
 
     def pop(self, name: str) -> torch.Tensor:
         if name in self._tensors:
@@ -78,11 +74,6 @@ class TensorSource:
             return handle.get_tensor(name)
         except SafetensorError as error:
             raise ConversionError(f"cannot read tensor {name!r}: {error} (truncated or corrupt file?)") from None
-
-    def discard(self, name: str) -> None:
-        """Forgets a tensor without reading it."""
-        self._tensors.pop(name, None)
-        self._lazy.pop(name, None)
 
 
 @dataclass
@@ -114,7 +105,8 @@ def _check_zip(path: Path, progress: bool) -> zipfile.ZipFile:
         raise ConversionError(f"{path} is truncated or corrupt: its zip directory cannot be read") from None
     members = archive.infolist()
     total = sum(member.file_size for member in members)
-    with tqdm(total=total, unit="B", unit_scale=True, desc="Checking archive", disable=not progress, leave=False) as bar:
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc="Checking archive", disable=not progress, leave=False)
+    with bar:
         for member in members:
             try:
                 with archive.open(member) as stream:

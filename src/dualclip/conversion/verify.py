@@ -84,7 +84,8 @@ def _compare(ours: dict, reference: dict) -> tuple[dict, float]:
     for name, expected in reference.items():
         actual = ours[name].float()
         if actual.shape != expected.shape:
-            raise ConversionError(f"verification: {name} has shape {tuple(actual.shape)}, reference {tuple(expected.shape)}")
+            shapes = f"{tuple(actual.shape)}, reference {tuple(expected.shape)}"
+            raise ConversionError(f"verification: {name} has shape {shapes}")
         differences[name] = float((actual - expected.float()).abs().max())
         scale = max(scale, float(expected.float().abs().max()))
     return differences, scale
