@@ -15,6 +15,7 @@ from .modeling_dualclip import (
 )
 from .processing_dualclip import DualClipProcessor
 from .registration import register_auto_classes
+from .tokenization_dualclip import DualClipTokenizer
 
 __version__ = "0.1.0"
 
@@ -32,4 +33,5 @@ __all__ = [
     "DualClipVisionModelWithProjection",
     "DualClipImageProcessor",
     "DualClipProcessor",
+    "DualClipTokenizer",
 ]

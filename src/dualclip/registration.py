@@ -6,6 +6,7 @@ from transformers import (
     AutoModel,
     AutoModelForZeroShotImageClassification,
     AutoProcessor,
+    AutoTokenizer,
 )
 
 from .configuration_dualclip import DualClipConfig, DualClipTextConfig, DualClipVisionConfig
@@ -18,6 +19,7 @@ from .modeling_dualclip import (
     DualClipVisionModelWithProjection,
 )
 from .processing_dualclip import DualClipProcessor
+from .tokenization_dualclip import DualClipTokenizer
 
 _CONFIGS = (DualClipConfig, DualClipTextConfig, DualClipVisionConfig)
 # The class `AutoModel` builds for each config; the projection towers are reached through `auto_map` of their own.
@@ -49,6 +51,9 @@ def register_auto_classes() -> None:
         image_processor_classes={"pil": DualClipImageProcessor, "torchvision": DualClipImageProcessor},
         exist_ok=True,
     )
+    for config_class in (DualClipConfig, DualClipTextConfig):
+        AutoTokenizer.register(config_class, fast_tokenizer_class=DualClipTokenizer, exist_ok=True)
+    DualClipTokenizer.register_for_auto_class("AutoTokenizer")
     AutoProcessor.register(DualClipConfig, DualClipProcessor, exist_ok=True)
     DualClipImageProcessor.register_for_auto_class("AutoImageProcessor")
     DualClipProcessor.register_for_auto_class("AutoProcessor")
