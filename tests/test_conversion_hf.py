@@ -112,3 +112,23 @@ def test_dualclip_folder_needs_to_hf(tmp_path):
     folder = _dualclip_folder(tmp_path, "dual")
     with pytest.raises(ConversionError, match="already a dualclip folder; pass --to hf"):
         convert_checkpoint(folder, tmp_path / "out")
+
+
+def test_pickled_and_sharded_sources(tmp_path):
+    """Older folders: `pytorch_model.bin` with the `position_ids` buffers transformers 4 saved; sharded safetensors."""
+    config = transformers.CLIPConfig(text_config=TEXT, vision_config=VISION, projection_dim=32)
+    model = randomize_(transformers.CLIPModel(config))
+    legacy = tmp_path / "legacy"
+    config.save_pretrained(legacy)
+    state = dict(model.state_dict())
+    state["text_model.embeddings.position_ids"] = torch.arange(77)[None]
+    state["vision_model.embeddings.position_ids"] = torch.arange(17)[None]
+    torch.save(state, legacy / "pytorch_model.bin")
+    assert convert_checkpoint(legacy, tmp_path / "from_bin", verify=True).verification.passed
+
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="200KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
+    assert convert_checkpoint(tmp_path / "sharded", tmp_path / "from_shards", verify=True).verification.passed
+    converted = DualClipModel.from_pretrained(tmp_path / "from_shards")
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(converted.state_dict()[key], tensor), key

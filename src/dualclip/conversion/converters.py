@@ -35,7 +35,13 @@ from .pipeline import (
     output_options,
     write_dualclip_folder,
 )
-from .preprocessing import EOS_PAD_TOKEN, OPENAI_PAD_TOKEN, image_settings_of, pad_token_of
+from .preprocessing import (
+    EOS_PAD_TOKEN,
+    OPENAI_PAD_TOKEN,
+    image_processor_settings,
+    image_processor_settings_of,
+    pad_token_of,
+)
 from .reading import Checkpoint, read_checkpoint
 from .verify import verify_openai, verify_openclip
 
@@ -128,7 +134,7 @@ def _convert_openai(checkpoint: Checkpoint, output: OutputOptions, dtype) -> Con
         ),
         notes=notes,
         tokenizer=dict(pad_token=OPENAI_PAD_TOKEN, model_max_length=facts.context_length, vocab_size=facts.vocab_size),
-        image=dict(image_size=facts.image_size, mean=OPENAI_IMAGE_MEAN, std=OPENAI_IMAGE_STD),
+        image=image_processor_settings(facts.image_size, OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD)[0],
         verifier=verifier,
     )
 
@@ -194,8 +200,8 @@ def _convert_openclip(src: Path, checkpoint: Checkpoint, output: OutputOptions, 
     target = resolve_dtype(dtype, checkpoint.tensors.float_dtypes())
     plan = plan_conversion(checkpoint.tensors.keys(), facts)
     tensors = convert_tensors(checkpoint.tensors, plan, target, output.progress)
-    image = image_settings(model_cfg, preprocess)
-    notes = []
+    image, image_note = image_processor_settings(**image_settings(model_cfg, preprocess))
+    notes = [image_note] if image_note else []
     if facts.text_prefix:
         notes.append("Custom-text layout (`text.` prefix) read into dualclip's standard layout.")
     if checkpoint.wrapped:
@@ -294,7 +300,9 @@ def convert_hf_clip(
         pad = pad_token_of(src) or EOS_PAD_TOKEN
         tokenizer = dict(pad_token=pad, model_max_length=text.max_position_embeddings, vocab_size=text.vocab_size)
     if vision is not None:
-        image = image_settings_of(src, vision.image_size, OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD)
+        image = image_processor_settings_of(src) or image_processor_settings(
+            vision.image_size, OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD
+        )[0]
     return write_dualclip_folder(
         output,
         dual_class,

@@ -23,14 +23,8 @@ from .pipeline import (
     folder_verifier,
     output_options,
 )
-from .preprocessing import EOS_PAD_TOKEN, pad_token_of, read_json
+from .preprocessing import EOS_PAD_TOKEN, image_processor_settings_of, pad_token_of, read_json
 from .writing import staged_output, transformers_progress_bars
-
-_IMAGE_SETTINGS = (
-    "do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor", "do_normalize",
-    "image_mean", "image_std", "do_convert_rgb",
-)
-
 
 def _bpe_vocab_and_merges(folder: Path):
     """OpenAI's BPE vocabulary and merges from a dualclip folder's `tokenizer.json`, or `None`."""
@@ -57,10 +51,8 @@ def _save_clip_companions(src: Path, staging: Path, config) -> list[str]:
         ).save_pretrained(staging)
         notes.append("Tokenizer written as transformers' CLIPTokenizer, which differs from OpenAI's (and dualclip's) "
                      "on some inputs (HTML entities, curly quotes, ligatures).")
-    processor = read_json(src / "preprocessor_config.json")
-    if processor and not config.model_type.endswith("text_model"):
-        # DualClipImageProcessor's settings are CLIPImageProcessor's (same names, same pixels).
-        settings = {k: v for k, v in processor.items() if k in _IMAGE_SETTINGS}
+    settings = image_processor_settings_of(src)
+    if settings and not config.model_type.endswith("text_model"):
         transformers.CLIPImageProcessorPil(**settings).save_pretrained(staging)
     return notes
 

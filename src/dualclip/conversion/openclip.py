@@ -230,7 +230,7 @@ def read_openclip_json(path) -> tuple[dict, dict]:
 
 
 def image_settings(model_cfg: dict, preprocess_cfg: dict) -> dict:
-    """Image size, mean, std and resizing of an OpenCLIP model, for the image processor (OpenCLIP's defaults)."""
+    """Arguments of `image_processor_settings` for an OpenCLIP model: its `preprocess_cfg`, else OpenCLIP's defaults."""
     size = preprocess_cfg.get("size", model_cfg.get("vision_cfg", {}).get("image_size", 224))
     return dict(
         image_size=_square(size, "preprocess_cfg.size"),
@@ -239,4 +239,3 @@ def image_settings(model_cfg: dict, preprocess_cfg: dict) -> dict:
         interpolation=preprocess_cfg.get("interpolation", "bicubic"),
         resize_mode=preprocess_cfg.get("resize_mode", "shortest"),
     )
-

@@ -73,7 +73,7 @@ def write_dualclip_folder(
     output: OutputOptions, model_class, config, tensors: dict, *, card: dict, notes: list, tokenizer, image, verifier
 ) -> ConversionResult:
     """Builds `model_class` from `tensors` (consumed) and writes its folder atomically: weights and config, tokenizer
-    (`tokenizer`: arguments of `save_tokenizer`, or None), image processor (`image`: of `save_image_processor`),
+    (`tokenizer`: arguments of `save_tokenizer`, or None), image processor (`image`: its settings, or None),
     verification (`verifier(folder, dtype)`, when asked for), and the model card (`card`: `CardFacts` fields)."""
     model = build_model(model_class, config, tensors)
     tensors.clear()
@@ -86,7 +86,7 @@ def write_dualclip_folder(
         if tokenizer is not None:
             notes.append(save_tokenizer(staging, **tokenizer))
         if image is not None:
-            notes.append(save_image_processor(staging, **image))
+            notes.append(save_image_processor(staging, image))
         verification = None
         if output.verify:
             with transformers_progress_bars(output.progress):

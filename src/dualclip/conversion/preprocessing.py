@@ -14,6 +14,11 @@ from ..configuration_dualclip import OPENAI_VOCAB_SIZE
 OPENAI_PAD_TOKEN = "!"  # id 0: OpenAI's `clip.tokenize` and OpenCLIP pad with zeros
 EOS_PAD_TOKEN = "<|endoftext|>"  # transformers' CLIP tokenizer pads with EOS
 _RESAMPLE = {"bicubic": PIL.Image.Resampling.BICUBIC, "bilinear": PIL.Image.Resampling.BILINEAR}
+# Settings with the same names and meanings in transformers' CLIPImageProcessor and DualClipImageProcessor.
+IMAGE_PROCESSOR_SETTINGS = (
+    "do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor", "do_normalize",
+    "image_mean", "image_std", "do_convert_rgb",
+)
 
 
 def save_tokenizer(folder, pad_token: str, model_max_length: int, vocab_size: int) -> str | None:
@@ -28,32 +33,41 @@ def save_tokenizer(folder, pad_token: str, model_max_length: int, vocab_size: in
     return None
 
 
-def save_image_processor(
-    folder, image_size: int, mean, std, interpolation: str = "bicubic", resize_mode: str = "shortest"
-) -> str | None:
-    """Writes `DualClipImageProcessor` settings: resize (`shortest` edge then centre crop, or `squash` to the square),
-    `image_size` pixels, `mean` and `std`."""
+def image_processor_settings(
+    image_size: int, mean, std, interpolation: str = "bicubic", resize_mode: str = "shortest"
+) -> tuple[dict | None, str | None]:
+    """`(settings, note)`: image-processor settings for resizing (`"shortest"` edge then centre crop, or `"squash"` to
+    the square) to `image_size` pixels with `interpolation`, then normalising with `mean` and `std`; or `None` and a
+    note saying why the source's preprocessing cannot be expressed."""
     if interpolation not in _RESAMPLE:
-        return f"no image processor written: the source resizes with {interpolation!r} interpolation"
-    if resize_mode == "shortest":
-        size, crop = {"shortest_edge": image_size}, True
-    elif resize_mode == "squash":
-        size, crop = {"height": image_size, "width": image_size}, False
-    else:
-        return f"no image processor written: the source's resize mode {resize_mode!r} is not supported"
+        return None, f"no image processor written: the source resizes with {interpolation!r} interpolation"
+    if resize_mode not in ("shortest", "squash"):
+        return None, f"no image processor written: the source's resize mode {resize_mode!r} is not supported"
+    shortest = resize_mode == "shortest"
+    settings = dict(
+        size={"shortest_edge": image_size} if shortest else {"height": image_size, "width": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        do_center_crop=shortest,
+        resample=int(_RESAMPLE[interpolation]),
+        image_mean=list(mean),
+        image_std=list(std),
+    )
+    return settings, None
+
+
+def image_processor_settings_of(folder) -> dict:
+    """The settings of a transformers `preprocessor_config.json` that CLIP's and dualclip's processors share."""
+    config = read_json(Path(folder) / "preprocessor_config.json")
+    return {key: value for key, value in config.items() if key in IMAGE_PROCESSOR_SETTINGS}
+
+
+def save_image_processor(folder, settings: dict) -> str | None:
+    """Writes a `DualClipImageProcessor` with `settings` (see `IMAGE_PROCESSOR_SETTINGS`)."""
     try:
         from ..image_processing_dualclip import DualClipImageProcessor
     except ImportError as error:
         return f"no image processor written: dualclip.image_processing_dualclip is unavailable ({error})"
-    processor = DualClipImageProcessor(
-        size=size,
-        crop_size={"height": image_size, "width": image_size},
-        do_center_crop=crop,
-        resample=_RESAMPLE[interpolation],
-        image_mean=list(mean),
-        image_std=list(std),
-    )
-    processor.save_pretrained(folder)
+    DualClipImageProcessor(**settings).save_pretrained(folder)
     return None
 
 
@@ -79,16 +93,3 @@ def pad_token_of(folder) -> str | None:
         if isinstance(pad, str):
             return pad
     return None
-
-
-def image_settings_of(folder, image_size: int, mean, std) -> dict:
-    """Image size, mean and std from a transformers `preprocessor_config.json` (the given defaults otherwise)."""
-    config = read_json(Path(folder) / "preprocessor_config.json")
-    crop = config.get("crop_size")
-    if isinstance(crop, dict):
-        crop = crop.get("height")
-    return dict(
-        image_size=crop if isinstance(crop, int) else image_size,
-        mean=tuple(config.get("image_mean", mean)),
-        std=tuple(config.get("image_std", std)),
-    )
