@@ -77,6 +77,11 @@ class CardFacts:
     notes: list[str] = field(default_factory=list)
 
 
+def layers(count: int) -> str:
+    """`"1 layer"`, `"12 layers"`."""
+    return f"{count} layer{'' if count == 1 else 's'}"
+
+
 def _parameters(count: int) -> str:
     return f"{count:,} ({count / 1e6:.1f}M)"
 

@@ -7,6 +7,7 @@ pool, QuickGELU, LayerNorm eps 1e-5, a causal text tower pooled at the end-of-te
 from ..configuration_dualclip import OPENAI_BOS_TOKEN_ID, OPENAI_EOS_TOKEN_ID, OPENAI_VOCAB_SIZE, DualClipConfig
 from .clip_layout import ShapeFacts, build_config, shape_facts
 from .errors import ConversionError
+from .model_card import layers
 
 OPENAI_HEAD_WIDTH = 64
 OPENAI_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -39,11 +40,11 @@ def architecture_name(facts: ShapeFacts) -> str:
         if _signature(facts) == signature and facts.text_layers == 12 and facts.context_length == 77:
             return name
     if facts.backbone == "vit":
-        vision = f"ViT (width {facts.vision_width}, {facts.vision_layers} layers, patch {facts.patch_size})"
+        vision = f"ViT (width {facts.vision_width}, {layers(facts.vision_layers)}, patch {facts.patch_size})"
     else:
         vision = f"ResNet (width {facts.vision_width}, blocks {'-'.join(map(str, facts.resnet_layers))})"
     return (
-        f"{vision} at {facts.image_size}px, text transformer (width {facts.text_width}, {facts.text_layers} layers), "
+        f"{vision} at {facts.image_size}px, text transformer (width {facts.text_width}, {layers(facts.text_layers)}), "
         f"{facts.embed_dim}-d embeddings"
     )
 

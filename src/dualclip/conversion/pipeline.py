@@ -8,7 +8,7 @@ import torch
 
 from .building import build_model
 from .errors import ConversionError
-from .model_card import CardFacts, write_model_card
+from .model_card import CardFacts, layers, write_model_card
 from .preprocessing import save_image_processor, save_tokenizer
 from .verify import Verification, verify_transformers_pair
 from .writing import check_output, save_model, staged_output, transformers_progress_bars
@@ -143,8 +143,8 @@ def describe_towers(config, class_name: str) -> str:
             blocks = "-".join(map(str, vision.resnet_layers))
             parts.append(f"ResNet image tower (width {vision.resnet_width}, blocks {blocks}) at {vision.image_size}px")
         else:
-            parts.append(f"ViT image tower (width {vision.hidden_size}, {vision.num_hidden_layers} layers, "
+            parts.append(f"ViT image tower (width {vision.hidden_size}, {layers(vision.num_hidden_layers)}, "
                          f"patch {vision.patch_size}) at {vision.image_size}px")
     if text is not None:
-        parts.append(f"text tower (width {text.hidden_size}, {text.num_hidden_layers} layers)")
+        parts.append(f"text tower (width {text.hidden_size}, {layers(text.num_hidden_layers)})")
     return f"{class_name}: " + ", ".join(parts)
