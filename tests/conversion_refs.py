@@ -8,7 +8,6 @@ import json
 import math
 import warnings
 
-import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -44,16 +43,6 @@ FULL_OPENAI = {
                  vision_patch_size=None, context_length=77, vocab_size=OPENAI_VOCAB, transformer_width=512,
                  transformer_heads=8, transformer_layers=12),
 }
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Import into a test module to run its tests on one torch thread: the test machines run several workers on two
-    cores, where torch's default of one thread per core makes every forward pass many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @torch.no_grad()

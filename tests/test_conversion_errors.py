@@ -4,13 +4,7 @@ import pickle
 
 import pytest
 import torch
-from conversion_refs import (  # noqa: F401  (one_torch_thread is an autouse fixture)
-    REDUCED_OPENAI,
-    one_torch_thread,
-    openai_model,
-    save_openai_archive,
-    write_json,
-)
+from conversion_refs import REDUCED_OPENAI, openai_model, save_openai_archive, write_json
 from safetensors.torch import save_file
 
 from dualclip.cli import main

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 import transformers
-from conversion_refs import one_torch_thread, randomize_  # noqa: F401
+from conversion_refs import randomize_
 from safetensors.torch import load_file
 
 from dualclip import DualClipConfig, DualClipModel, DualClipTextModelWithProjection

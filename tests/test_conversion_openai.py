@@ -5,11 +5,10 @@ import json
 
 import pytest
 import torch
-from conversion_refs import (  # noqa: F401  (one_torch_thread is an autouse fixture)
+from conversion_refs import (
     FULL_OPENAI,
     REDUCED_OPENAI,
     compare_with_reference,
-    one_torch_thread,
     openai_model,
     randomize_,
     save_openai_archive,

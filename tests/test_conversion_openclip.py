@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conversion_refs import compare_with_reference, one_torch_thread, randomize_, token_batch, write_json  # noqa: F401
+from conversion_refs import compare_with_reference, randomize_, token_batch, write_json
 from safetensors.torch import save_file
 
 from dualclip import DualClipModel

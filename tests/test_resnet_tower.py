@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 import torch
-from conversion_refs import one_torch_thread, randomize_  # noqa: F401
+from conversion_refs import randomize_
 from torch import nn
 from torch.nn import functional as F
 
