@@ -514,6 +514,13 @@ class DualClipPreTrainedModel(PreTrainedModel):
         prefixes) even when the weights were loaded from a flat transformers 5 `CLIPTextModel` folder."""
         return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
 
+    def _initialize_weights(self, module, is_custom_code: bool = False):
+        # transformers treats every model defined outside its own package as custom code, and for custom code it skips
+        # modules without parameters of their own (attention, MLP, the dual model), whose `_init_weights` branches are
+        # what give q/k/v/out, fc1/fc2 and the projections CLIP's scales. Our `_init_weights` only writes through
+        # `transformers.initialization`, which never overwrites loaded weights, so the shortcut is not needed.
+        super()._initialize_weights(module, is_custom_code=False)
+
     def _resolve_outputs(self, output_attentions, output_hidden_states, return_dict):
         config = self.config
         return (
@@ -546,6 +553,8 @@ class DualClipPreTrainedModel(PreTrainedModel):
             init.normal_(module.fc2.weight, std=hidden**-0.5 * (2 * module.config.num_hidden_layers) ** -0.5 * factor)
         elif isinstance(module, DualClipLayerScale):
             init.constant_(module.scale, module.init_value)
+        elif hasattr(module, "init_dualclip_weights"):  # ResNet tower modules (modeling_dualclip_resnet.py)
+            module.init_dualclip_weights(factor)
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
@@ -891,10 +900,11 @@ class DualClipModel(DualClipPreTrainedModel):
                 f"and {text_embeds.shape[0]} captions (input_ids)"
             )
 
-        logit_scale = self.logit_scale.clamp(max=LOGIT_SCALE_MAX)
+        # With `device_map` the towers and the head may sit on different devices; the logits live with the text side.
+        logit_scale = self.logit_scale.clamp(max=LOGIT_SCALE_MAX).to(text_embeds.device)
         logits_per_text = torch.matmul(text_embeds, image_embeds.t().to(text_embeds.device)) * logit_scale.exp()
         if self.logit_bias is not None:
-            logits_per_text = logits_per_text + self.logit_bias
+            logits_per_text = logits_per_text + self.logit_bias.to(text_embeds.device)
 
         loss = None
         if return_loss:
