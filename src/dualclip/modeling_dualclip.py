@@ -575,7 +575,57 @@ _IMAGE_SIDE_KEYS = [r"^vision_model\.", r"^visual_projection\."]
 _TEXT_SIDE_KEYS = [r"^text_model\.", r"^text_projection\."]
 
 
-class DualClipTextModel(DualClipPreTrainedModel):
+class _WithTextTower:
+    """Shared by the classes holding a `text_model` (a [`DualClipTextTransformer`])."""
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_model.embeddings.token_embedding
+
+    def set_input_embeddings(self, value):
+        self.text_model.embeddings.token_embedding = value
+
+    def _run_text_tower(
+        self, input_ids, attention_mask, position_ids, output_attentions, output_hidden_states, return_dict, pooled_only
+    ) -> tuple[BaseModelOutputWithPooling, bool]:
+        """The tower's output with the output flags resolved against the config; also returns `return_dict`."""
+        output_attentions, output_hidden_states, return_dict = self._resolve_outputs(
+            output_attentions, output_hidden_states, return_dict
+        )
+        outputs = self.text_model(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            pooled_only=pooled_only,
+        )
+        return outputs, return_dict
+
+
+class _WithVisionTower:
+    """Shared by the classes holding a `vision_model` (ViT or ResNet tower)."""
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vision_model.embeddings.patch_embedding
+
+    def _run_vision_tower(
+        self, pixel_values, output_attentions, output_hidden_states, interpolate_pos_encoding, return_dict, pooled_only
+    ) -> tuple[BaseModelOutputWithPooling, bool]:
+        """The tower's output with the output flags resolved against the config; also returns `return_dict`."""
+        output_attentions, output_hidden_states, return_dict = self._resolve_outputs(
+            output_attentions, output_hidden_states, return_dict
+        )
+        outputs = self.vision_model(
+            pixel_values,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            pooled_only=pooled_only,
+        )
+        return outputs, return_dict
+
+
+class DualClipTextModel(_WithTextTower, DualClipPreTrainedModel):
     """The text tower without projection: token-level states and the pooled (EOS) state.
 
     This is the `text_encoder` of Stable Diffusion 1.x/2.x and the first encoder of SDXL and Flux. Its
@@ -591,12 +641,6 @@ class DualClipTextModel(DualClipPreTrainedModel):
         super().__init__(config)
         self.text_model = DualClipTextTransformer(config)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.text_model.embeddings.token_embedding
-
-    def set_input_embeddings(self, value):
-        self.text_model.embeddings.token_embedding = value
 
     def forward(
         self,
@@ -616,21 +660,13 @@ class DualClipTextModel(DualClipPreTrainedModel):
         pooled numbers, a fraction of the work); `last_hidden_state` is then `(batch, 1, hidden)`, the pooled
         position. It is ignored when hidden states or attentions are requested.
         """
-        output_attentions, output_hidden_states, return_dict = self._resolve_outputs(
-            output_attentions, output_hidden_states, return_dict
-        )
-        outputs = self.text_model(
-            input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            pooled_only=pooled_only,
+        outputs, return_dict = self._run_text_tower(
+            input_ids, attention_mask, position_ids, output_attentions, output_hidden_states, return_dict, pooled_only
         )
         return outputs if return_dict else outputs.to_tuple()
 
 
-class DualClipTextModelWithProjection(DualClipPreTrainedModel):
+class DualClipTextModelWithProjection(_WithTextTower, DualClipPreTrainedModel):
     """The text tower plus `text_projection`: `text_embeds` in the joint space (SDXL's `text_encoder_2`)."""
 
     config_class = DualClipTextConfig
@@ -644,12 +680,6 @@ class DualClipTextModelWithProjection(DualClipPreTrainedModel):
         self.text_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=config.projection_bias)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.text_model.embeddings.token_embedding
-
-    def set_input_embeddings(self, value):
-        self.text_model.embeddings.token_embedding = value
-
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -662,16 +692,8 @@ class DualClipTextModelWithProjection(DualClipPreTrainedModel):
         **kwargs,
     ) -> tuple | DualClipTextModelOutput:
         """Encodes `input_ids` and projects the pooled state; `pooled_only` as in [`DualClipTextModel.forward`]."""
-        output_attentions, output_hidden_states, return_dict = self._resolve_outputs(
-            output_attentions, output_hidden_states, return_dict
-        )
-        text_outputs = self.text_model(
-            input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            pooled_only=pooled_only,
+        text_outputs, return_dict = self._run_text_tower(
+            input_ids, attention_mask, position_ids, output_attentions, output_hidden_states, return_dict, pooled_only
         )
         outputs = DualClipTextModelOutput(
             text_embeds=self.text_projection(text_outputs.pooler_output),
@@ -682,7 +704,7 @@ class DualClipTextModelWithProjection(DualClipPreTrainedModel):
         return outputs if return_dict else outputs.to_tuple()
 
 
-class DualClipVisionModel(DualClipPreTrainedModel):
+class DualClipVisionModel(_WithVisionTower, DualClipPreTrainedModel):
     """The image tower without projection: patch-level states and the pooled state."""
 
     config_class = DualClipVisionConfig
@@ -694,9 +716,6 @@ class DualClipVisionModel(DualClipPreTrainedModel):
         super().__init__(config)
         self.vision_model = build_vision_tower(config)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.vision_model.embeddings.patch_embedding
 
     def forward(
         self,
@@ -713,20 +732,13 @@ class DualClipVisionModel(DualClipPreTrainedModel):
         `pooled_only=True` promises that only `pooler_output` is read: the last layer then computes the class token
         alone (same pooled numbers, less work) and `last_hidden_state` is `(batch, 1, hidden)`, that position.
         """
-        output_attentions, output_hidden_states, return_dict = self._resolve_outputs(
-            output_attentions, output_hidden_states, return_dict
-        )
-        outputs = self.vision_model(
-            pixel_values,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            pooled_only=pooled_only,
+        outputs, return_dict = self._run_vision_tower(
+            pixel_values, output_attentions, output_hidden_states, interpolate_pos_encoding, return_dict, pooled_only
         )
         return outputs if return_dict else outputs.to_tuple()
 
 
-class DualClipVisionModelWithProjection(DualClipPreTrainedModel):
+class DualClipVisionModelWithProjection(_WithVisionTower, DualClipPreTrainedModel):
     """The image tower plus `visual_projection`: `image_embeds` in the joint space."""
 
     config_class = DualClipVisionConfig
@@ -740,9 +752,6 @@ class DualClipVisionModelWithProjection(DualClipPreTrainedModel):
         self.visual_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=config.projection_bias)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.vision_model.embeddings.patch_embedding
-
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -754,15 +763,8 @@ class DualClipVisionModelWithProjection(DualClipPreTrainedModel):
         **kwargs,
     ) -> tuple | DualClipVisionModelOutput:
         """Encodes `pixel_values` and projects the pooled state; `pooled_only` as in [`DualClipVisionModel.forward`]."""
-        output_attentions, output_hidden_states, return_dict = self._resolve_outputs(
-            output_attentions, output_hidden_states, return_dict
-        )
-        vision_outputs = self.vision_model(
-            pixel_values,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            pooled_only=pooled_only,
+        vision_outputs, return_dict = self._run_vision_tower(
+            pixel_values, output_attentions, output_hidden_states, interpolate_pos_encoding, return_dict, pooled_only
         )
         outputs = DualClipVisionModelOutput(
             image_embeds=self.visual_projection(vision_outputs.pooler_output),
@@ -777,7 +779,7 @@ def _l2_normalize(features: torch.Tensor) -> torch.Tensor:
     return features / features.norm(p=2, dim=-1, keepdim=True)
 
 
-class DualClipModel(DualClipPreTrainedModel):
+class DualClipModel(_WithTextTower, DualClipPreTrainedModel):
     """Both towers, their projections and the contrastive head (`logit_scale`, optional `logit_bias`).
 
     `forward` returns image-text logits and, with `return_loss=True`, the loss named by `config.loss_type`,
@@ -804,12 +806,6 @@ class DualClipModel(DualClipPreTrainedModel):
         else:
             self.logit_bias = None
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.text_model.embeddings.token_embedding
-
-    def set_input_embeddings(self, value):
-        self.text_model.embeddings.token_embedding = value
 
     def get_text_features(
         self,
