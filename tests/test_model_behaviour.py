@@ -197,6 +197,14 @@ def test_dtype_moves(model, dtype):
         assert cosine.min() > 0.99, field
 
 
+def test_float16_normalisation_does_not_overflow():
+    features = torch.full((2, 768), 20.0, dtype=torch.float16)  # sum of squares 307200 > float16 max 65504
+    assert features.pow(2).sum(dim=-1).isinf().all()  # the naive computation overflows
+    normalised = dualclip.modeling_dualclip._l2_normalize(features)
+    assert torch.isfinite(normalised).all()
+    assert max_diff(normalised.float().norm(dim=-1), torch.ones(2)) < 1e-2
+
+
 def test_batching_equivalence(model):
     ids, mask = text_batch()
     pixels = pixel_batch(batch=4)

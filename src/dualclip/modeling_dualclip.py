@@ -776,7 +776,8 @@ class DualClipVisionModelWithProjection(_WithVisionTower, DualClipPreTrainedMode
 
 
 def _l2_normalize(features: torch.Tensor) -> torch.Tensor:
-    return features / features.norm(p=2, dim=-1, keepdim=True)
+    # The norm in float32: in float16 the sum of squares of a 768-wide feature overflows once entries reach ~9.
+    return features / features.float().norm(p=2, dim=-1, keepdim=True).to(features.dtype)
 
 
 class DualClipModel(_WithTextTower, DualClipPreTrainedModel):
