@@ -278,10 +278,10 @@ class DualClipTextEmbeddings(nn.Module):
 
     def forward(self, input_ids, position_ids=None):
         if position_ids is None:
-            positions = self.position_embedding.weight[: input_ids.shape[-1]]
-        else:
-            positions = self.position_embedding(position_ids)
-        return self.token_embedding(input_ids) + positions
+            # Looked up through the module, not sliced from `.weight`: under `device_map` offloading, accelerate
+            # brings a weight to the device only when its module is called.
+            position_ids = torch.arange(input_ids.shape[-1], device=input_ids.device)
+        return self.token_embedding(input_ids) + self.position_embedding(position_ids)
 
 
 def pooled_positions(input_ids: torch.Tensor, pooling: str, eos_token_id: int) -> torch.Tensor:
@@ -416,9 +416,14 @@ class DualClipVisionEmbeddings(nn.Module):
         self.num_positions = self.num_patches + 1
         self.position_embedding = nn.Embedding(self.num_positions, self.embed_dim)
 
+    def _position_weight(self, device) -> torch.Tensor:
+        # Through the module, not `.weight`: under `device_map` offloading, accelerate brings a weight to the device
+        # only when its module is called.
+        return self.position_embedding(torch.arange(self.num_positions, device=device))
+
     def interpolate_pos_encoding(self, height: int, width: int) -> torch.Tensor:
         """Position embeddings for a `height` x `width` image: the patch grid resized bicubically (as CLIP/DINO)."""
-        weight = self.position_embedding.weight
+        weight = self._position_weight(self.class_embedding.device)
         grid_height, grid_width = height // self.patch_size, width // self.patch_size
         if grid_height * grid_width == self.num_patches and grid_height == grid_width:
             return weight.unsqueeze(0)
@@ -435,7 +440,7 @@ class DualClipVisionEmbeddings(nn.Module):
         embeddings = torch.cat([class_token, patches], dim=1)
         if interpolate_pos_encoding:
             return embeddings + self.interpolate_pos_encoding(height, width)
-        return embeddings + self.position_embedding.weight
+        return embeddings + self._position_weight(embeddings.device)
 
 
 class DualClipVisionTransformer(nn.Module):
