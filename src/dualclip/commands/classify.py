@@ -1,0 +1,35 @@
+"""`dualclip classify IMAGE... --labels A B C`: zero-shot classification of image files with any model folder."""
+
+from ._common import add_model_argument, quiet_loading, format_table, model_folder, open_images, top_k_cells
+
+HELP = "zero-shot classify image files against a list of labels"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    parser.add_argument("--labels", nargs="+", required=True, metavar="LABEL", help="candidate labels")
+    parser.add_argument(
+        "--template",
+        default="{}",
+        help='caption made from each label, with {} where the label goes (default "{}"; CLIP models: '
+        '"a photo of a {}."; the tiny model: "a handwritten digit {}")',
+    )
+    parser.add_argument("--top-k", type=int, default=3, help="labels shown per image (default 3)")
+    add_model_argument(parser)
+
+
+def run(args) -> int:
+    from ..zero_shot import classify, format_labels, load_model_and_processor
+
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
+    format_labels(args.labels, args.template)  # bad --template fails before the model loads
+    images = open_images(args.images)
+    quiet_loading()
+    model, processor = load_model_and_processor(model_folder(args))
+    probabilities = classify(model, processor, images, args.labels, template=args.template)
+    k = min(args.top_k, len(args.labels))
+    header = ["image", *(f"top-{i + 1}" for i in range(k))]
+    rows = [[path, *top_k_cells(row, args.labels, k)] for path, row in zip(args.images, probabilities)]
+    print(format_table(header, rows))
+    return 0
