@@ -40,7 +40,7 @@ def test_demo_prints_a_table_and_the_accuracy(capsys):
     code, out, _ = run_cli(capsys, "demo", "--count", "5", "--top-k", "2")
     assert code == 0
     lines = out.splitlines()
-    header = next(line for line in lines if line.startswith("image"))
+    header = next(line for line in lines if line.startswith("image "))
     assert header.split() == ["image", "true", "top-1", "top-2"]
     rows = [line for line in lines if line[:4].isdigit()]
     assert [row.split()[0] for row in rows] == ["1500", "1501", "1502", "1503", "1504"]
