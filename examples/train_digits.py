@@ -78,7 +78,8 @@ class DigitPairs(Dataset):
         if self.augment:
             dx, dy = self.rng.integers(-4, 5, size=2) / 4
             moved = PIL.Image.fromarray(image).transform(
-                image.shape[::-1], PIL.Image.Transform.AFFINE, (1, 0, dx, 0, 1, dy), resample=PIL.Image.Resampling.BICUBIC, fillcolor=0
+                image.shape[::-1], PIL.Image.Transform.AFFINE, (1, 0, dx, 0, 1, dy),
+                resample=PIL.Image.Resampling.BICUBIC, fillcolor=0,
             )
             image = np.asarray(moved)
         return {"image": image, "caption": caption(int(self.labels[index]))}

@@ -269,7 +269,8 @@ def test_device_map_never_splits_a_layer():
     assert len(set(device_map.values())) >= 3, device_map
 
     def device_of(parameter_name):
-        matches = [key for key in device_map if key == "" or parameter_name == key or parameter_name.startswith(key + ".")]
+        matches = [key for key in device_map
+                   if key == "" or parameter_name == key or parameter_name.startswith(key + ".")]
         return device_map[max(matches, key=len)]
 
     split_somewhere = checked = 0

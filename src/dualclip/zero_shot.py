@@ -95,8 +95,8 @@ def embed_images(model, processor, images: Sequence, batch_size: int = 64) -> to
 def classify(model, processor, images: Sequence, labels: Sequence[str], template: str = "{}") -> np.ndarray:
     """Zero-shot probabilities `(len(images), len(labels))`: softmax over labels of the model's image-text logits.
 
-    Each label becomes a caption: `template` with the label in place of its `{}`; a row's probabilities sum to 1. A model with a logit
-    bias (SigLIP) still gets a softmax here: it ranks labels the same way.
+    Each label becomes a caption: `template` with the label in place of its `{}`. A row's probabilities sum to 1;
+    a model with a logit bias (SigLIP) still gets a softmax here, which ranks the labels the same way.
     """
     text = embed_texts(model, processor, format_labels(labels, template))
     image = embed_images(model, processor, images)
