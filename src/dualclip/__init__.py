@@ -15,7 +15,9 @@ from .modeling_dualclip import (
 )
 from .processing_dualclip import DualClipProcessor
 from .registration import register_auto_classes
+from .tiny_model import TINY_MODEL_PATH
 from .tokenization_dualclip import DualClipTokenizer
+from .training import DualClipDataCollator, freeze_tower
 
 __version__ = "0.1.0"
 
@@ -34,4 +36,7 @@ __all__ = [
     "DualClipImageProcessor",
     "DualClipProcessor",
     "DualClipTokenizer",
+    "DualClipDataCollator",
+    "freeze_tower",
+    "TINY_MODEL_PATH",
 ]
