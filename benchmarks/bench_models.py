@@ -49,11 +49,13 @@ class Contenders:
         self.openclip = open_clip.create_model(OPENCLIP_NAMES[arch]).eval()
         checkpoint = workdir / f"{arch}.pt"
         torch.save(self.openclip.state_dict(), checkpoint)
-        convert_openclip_checkpoint(checkpoint, workdir / f"{arch}-dualclip", model_name=OPENCLIP_NAMES[arch])
+        convert_openclip_checkpoint(
+            checkpoint, workdir / f"{arch}-dualclip", model_name=OPENCLIP_NAMES[arch], overwrite=True
+        )
         self.ours = dualclip.DualClipModel.from_pretrained(workdir / f"{arch}-dualclip").eval()
         self.dualclip_folder = workdir / f"{arch}-dualclip"
         try:
-            export_to_hf_clip(self.dualclip_folder, workdir / f"{arch}-hf")
+            export_to_hf_clip(self.dualclip_folder, workdir / f"{arch}-hf", overwrite=True)
             self.hf_folder = workdir / f"{arch}-hf"
             self.transformers = transformers.CLIPModel.from_pretrained(self.hf_folder, attn_implementation="sdpa").eval()
         except ConversionError:  # ResNet towers: transformers CLIP has none
