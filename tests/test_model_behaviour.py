@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 import torch
-from tiny_models import EOS, MODEL, TEXT, VISION, max_diff, pixel_batch, text_batch
+from tiny_models import EOS, LOAD_WITHOUT_DUALCLIP, MODEL, TEXT, VISION, max_diff, pixel_batch, text_batch
 from transformers import AutoConfig, AutoModel
 
 import dualclip
@@ -136,19 +136,8 @@ def test_tower_classes_round_trip_through_auto_model(model_class, config, tmp_pa
         assert torch.equal(tensor, reloaded.state_dict()[name]), name
 
 
-REMOTE_CODE_SCRIPT = textwrap.dedent(
+REMOTE_CODE_SCRIPT = LOAD_WITHOUT_DUALCLIP + textwrap.dedent(
     """
-    import importlib.abc, json, sys, torch
-
-    class RefuseDualclip(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "dualclip" or name.startswith("dualclip."):
-                raise ImportError("dualclip is not installed in this process")
-            return None
-
-    sys.meta_path.insert(0, RefuseDualclip())
-    from transformers import AutoModel
-    model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
     inputs = torch.load(sys.argv[2])
     with torch.no_grad():
         logits = model(**inputs).logits_per_text

@@ -11,6 +11,7 @@ import textwrap
 
 import pytest
 import torch
+from tiny_models import LOAD_WITHOUT_DUALCLIP
 from conversion_refs import randomize_
 from torch import nn
 from torch.nn import functional as F
@@ -107,19 +108,8 @@ def test_fresh_model_is_initialised():
     assert 0 < pool.positional_embedding.std() < 1
 
 
-REMOTE_CODE_SCRIPT = textwrap.dedent(
+REMOTE_CODE_SCRIPT = LOAD_WITHOUT_DUALCLIP + textwrap.dedent(
     """
-    import importlib.abc, json, sys, torch
-
-    class RefuseDualclip(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "dualclip" or name.startswith("dualclip."):
-                raise ImportError("dualclip is not installed in this process")
-            return None
-
-    sys.meta_path.insert(0, RefuseDualclip())
-    from transformers import AutoModel
-    model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
     with torch.no_grad():
         features = model.get_image_features(torch.load(sys.argv[2])).pooler_output
     print(json.dumps({"module": type(model).__module__, "features": features.tolist()}))

@@ -1,5 +1,7 @@
 """Tiny configurations and inputs shared by the model tests (plain module, imported by test files)."""
 
+import textwrap
+
 import torch
 
 VOCAB_SIZE = 1000
@@ -15,6 +17,24 @@ VISION = dict(
     projection_dim=PROJECTION_DIM,
 )
 MODEL = dict(text_config=TEXT, vision_config=VISION, projection_dim=PROJECTION_DIM, logit_scale_init_value=2.6592)
+
+
+# Start of a subprocess script that cannot import dualclip and loads the folder `sys.argv[1]` with remote code.
+LOAD_WITHOUT_DUALCLIP = textwrap.dedent(
+    """
+    import importlib.abc, json, sys, torch
+
+    class RefuseDualclip(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "dualclip" or name.startswith("dualclip."):
+                raise ImportError("dualclip is not installed in this process")
+            return None
+
+    sys.meta_path.insert(0, RefuseDualclip())
+    from transformers import AutoModel
+    model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+    """
+)
 
 
 def text_batch(lengths=(5, 16, 9, 2), total=16, seed=0):
