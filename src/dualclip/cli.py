@@ -11,6 +11,10 @@ COMMANDS = {
     "embed": "embed",
     "classify": "classify",
     "demo": "demo",
+    "score": "score",
+    "index": "index",
+    "search": "search",
+    "eval": "eval",
 }
 
 
