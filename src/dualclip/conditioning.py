@@ -1,136 +1,52 @@
-r"""Prompt encoding for diffusion pipelines: clip-skip, SDXL's pooled embedding, long prompts, prompt weights.
+r"""Prompt encoding for diffusion pipelines, the way AUTOMATIC1111, ComfyUI or compel encode a prompt.
 
-The result of [`PromptEncoder.encode`] goes straight into a diffusers pipeline call
+[`PromptEncoder.encode`] returns the arguments a diffusers Stable Diffusion 1/2 or SDXL pipeline takes
 (`prompt_embeds=`, `negative_prompt_embeds=`, and for SDXL `pooled_prompt_embeds=`,
 `negative_pooled_prompt_embeds=`). It works with dualclip text encoders and with the stock transformers ones.
 
-How a prompt becomes embeddings (each step is a function below, testable alone):
+A prompt only reproduces when it is encoded by the rules of the tool it was tuned in, so the syntax is a choice:
 
-1. `parse_prompt_weights`: the weighting syntax, text only. `(text)` multiplies the weight by 1.1, `[text]` divides
-   it by 1.1, `(text:1.3)` multiplies it by 1.3; groups nest. `\(`, `\)`, `\[`, `\]` and `\\` are literal
-   characters. `BREAK` (upper case, a word of its own) ends the current chunk. A bracket without a partner is
-   literal text.
-2. `tokenize_weighted_prompt`: token ids and a weight per token, split into chunks of `model_max_length - 2` (75)
-   tokens, each wrapped in BOS/EOS and padded with the tokenizer's pad token to `model_max_length` (77).
-3. `PromptEncoder`: every chunk is encoded on its own, the layer the convention names is taken, the weights are
-   applied (scale each token's hidden state by its weight, then rescale the chunk so that its mean is what it was
-   before weighting, as A1111 does), and the chunks are concatenated along the sequence. The pooled embedding
-   (SDXL) comes from the first chunk, unweighted. Positive and negative prompts are padded to the same number of
-   chunks with empty chunks (BOS, EOS, padding).
+| `syntax=` | weights | long prompts | rules in |
+|---|---|---|---|
+| `"a1111"` (default) | `(x)` x1.1, `[x]` /1.1, `(x:w)`; chunk scaled by `w`, mean restored | 75-token chunks, comma backtracking, `BREAK` | `conditioning_a1111` |
+| `"comfyui"` | `(x)` x1.1, `(x:w)` sets `w`; moves a token toward the empty prompt's | 75-token chunks, short words kept whole | `conditioning_comfyui` |
+| `"compel"` | `x++`, `(x)1.3`, `.blend()`, `.and()`; compel's up/down weighting | compel's splitting | `conditioning_compel` |
+| `"balanced"` | A1111's brackets, unpaired ones literal | 75-token chunks, no backtracking | `conditioning_balanced` |
 
-Conventions (`convention=`), matching what diffusers' pipelines do with a prompt of at most 75 tokens:
+The layer each encoder contributes (`convention=`, matching diffusers' pipelines) and clip skip:
 
 | convention | encoders | token-level states | pooled |
 |---|---|---|---|
-| `"sd1"`, `"sd2"` | one | last layer after the final LayerNorm; with `clip_skip=k`, layer `-(k+1)` through the final LayerNorm | none |
-| `"sdxl"` | two (or one: the refiner's second encoder) | layer `-(2+k)` of each, without final LayerNorm, concatenated | `text_embeds` of the last encoder |
+| `"sd1"`, `"sd2"` | one | last layer after the final LayerNorm; `clip_skip=k`: layer `-(k+1)` through the final LayerNorm | none |
+| `"sdxl"` | two (or one: the refiner's) | layer `-(2+k)` of each, without final LayerNorm, concatenated | `text_embeds` of the last encoder, first chunk |
 
-SD-2 is computed like SD-1: diffusers' SD-2 text encoders already end one layer early, and their tokenizer pads
-with `!` (id 0) where SD-1's pads with EOS, which the tokenizer itself says. `clip_skip` counts as in diffusers:
-`clip_skip=1` is A1111's "Clip skip: 2".
+`clip_skip` counts as diffusers does (`clip_skip=1` is A1111's "Clip skip: 2"). `a1111_clip_skip=` takes A1111's
+own setting and its rules instead: on SD-1 "Clip skip: N" takes layer `-N` through the final LayerNorm; A1111 ignores
+it on SD-2 and, unless its "Clip skip SDXL" option is on (`a1111_sdxl_clip_l_skip=True`: CLIP-L then takes layer
+`-N` without final LayerNorm), on SDXL.
 """
 
 from __future__ import annotations
 
-import re
+import math
+import warnings
 from collections.abc import Sequence
 
 import torch
 
-BREAK = "BREAK"
-"""Text of the marker that `parse_prompt_weights` returns (with weight `None`) where a prompt says `BREAK`."""
-
-ROUND_BRACKET_MULTIPLIER = 1.1
-SQUARE_BRACKET_MULTIPLIER = 1 / 1.1
-CONVENTIONS = ("sd1", "sd2", "sdxl")
-
-_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"
-# One lexical item per match. Order matters: an escape before a bracket, a weighted close before ":" as text,
-# BREAK (with the spaces around it) before a space as text. Text runs stop at "B" and whitespace so that the
-# BREAK alternative gets a chance at every word start.
-_LEXER = re.compile(
-    r"(?P<escape>\\[()\[\]\\])"
-    rf"|(?P<weighted_close>:\s*(?P<weight>{_NUMBER})\s*\))"
-    r"|(?P<open>[(\[])"
-    r"|(?P<close>[)\]])"
-    r"|(?P<brk>\s*\bBREAK\b\s*)"
-    r"|(?P<text>[^\\()\[\]:B\s]+|.)",
-    re.S,
+from .conditioning_a1111 import (
+    DEFAULT_COMMA_BACKTRACK,
+    EMPHASES,
+    chunk_a1111,
+    emphasize,
+    parse_a1111,
+    prepare_prompt,
+    tokenize_a1111,
 )
-_PARTNER = {")": "(", "]": "["}
+from .conditioning_balanced import BREAK, parse_prompt_weights
 
-
-def parse_prompt_weights(text: str) -> list[tuple[str, float | None]]:
-    r"""Splits a prompt into `(text, weight)` fragments; `(BREAK, None)` marks a `BREAK`.
-
-    Rules:
-    - `(x)` multiplies the weight of `x` by 1.1, `[x]` divides it by 1.1, `(x:w)` multiplies it by `w` (a decimal
-      number, sign allowed; spaces around it allowed); groups nest and multiply.
-    - A closing bracket pairs with the nearest unpaired opening bracket of its kind; opening brackets between the
-      two are left unpaired. Every unpaired bracket (and a `:w)` that closes nothing) is literal text. Parsing
-      never fails.
-    - `\(`, `\)`, `\[`, `\]` and `\\` stand for the character itself; any other backslash is literal.
-    - `BREAK`, upper case and a word of its own, ends the current chunk; the spaces around it are dropped.
-
-    Text is split only where the weight changes or a bracket or `BREAK` stood (brackets are word boundaries), and
-    empty fragments are dropped, so an empty prompt gives `[]`.
-
-    >>> parse_prompt_weights(r"a (red:1.5) [car] \(x\) BREAK b")
-    [('a ', 1.0), ('red', 1.5), (' ', 1.0), ('car', 0.9090909090909091), (' (x)', 1.0), ('BREAK', None), ('b', 1.0)]
-    """
-    # items: [kind, text, multiplier]; kind is "text", "open", "close" or "break".
-    items: list[list] = []
-    for match in _LEXER.finditer(text):
-        kind = match.lastgroup
-        if kind == "escape":
-            items.append(["text", match.group()[1], 1.0])
-        elif kind == "weighted_close":
-            items.append(["close", match.group(), float(match.group("weight"))])
-        elif kind == "open":
-            items.append(["open", match.group(), None])
-        elif kind == "close":
-            multiplier = ROUND_BRACKET_MULTIPLIER if match.group() == ")" else SQUARE_BRACKET_MULTIPLIER
-            items.append(["close", match.group(), multiplier])
-        elif kind == "brk":
-            items.append(["break", BREAK, None])
-        else:
-            items.append(["text", match.group(), 1.0])
-
-    weights = [1.0] * len(items)
-    open_stack: list[int] = []
-    for index, (kind, raw, multiplier) in enumerate(items):
-        if kind == "open":
-            open_stack.append(index)
-        elif kind == "close":
-            wanted = _PARTNER[raw[-1]]
-            depth = next((d for d in range(len(open_stack) - 1, -1, -1) if items[open_stack[d]][1] == wanted), None)
-            if depth is None:
-                items[index][0] = "text"
-                continue
-            start = open_stack[depth]
-            for unpaired in open_stack[depth + 1 :]:
-                items[unpaired][0] = "text"
-            del open_stack[depth:]
-            for inner in range(start + 1, index):
-                weights[inner] *= multiplier
-            items[start][0] = items[index][0] = "paired"
-    for unpaired in open_stack:
-        items[unpaired][0] = "text"
-
-    # Text runs merge only when nothing stood between them in the prompt: a bracket is a word boundary, so
-    # "(red)(car)" stays two fragments (tokenized apart, as CLIP would split them) rather than "redcar".
-    fragments: list[tuple[str, float | None]] = []
-    mergeable = False
-    for (kind, raw, _), weight in zip(items, weights):
-        if kind == "break":
-            fragments.append((BREAK, None))
-        elif kind == "text" and raw:
-            if mergeable and fragments[-1][1] == weight:
-                fragments[-1] = (fragments[-1][0] + raw, weight)
-            else:
-                fragments.append((raw, weight))
-        mergeable = kind == "text" and bool(fragments) and fragments[-1][1] is not None
-    return fragments
+CONVENTIONS = ("sd1", "sd2", "sdxl")
+SYNTAXES = ("a1111", "balanced")
 
 
 def chunk_length(tokenizer, text_encoder=None) -> int:
@@ -141,88 +57,25 @@ def chunk_length(tokenizer, text_encoder=None) -> int:
     return context - 2
 
 
-def tokenize_weighted_prompt(
-    prompt: str, tokenizer, length: int | None = None
+def tokenize_prompt(
+    prompt: str,
+    tokenizer,
+    syntax: str = "a1111",
+    length: int | None = None,
+    comma_backtrack: int = DEFAULT_COMMA_BACKTRACK,
+    emphasis: str = "Original",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids and per-token weights of `prompt`, in chunks: two `(chunks, length + 2)` tensors (long, float32).
+    """Token ids and per-token weights of `prompt` as `syntax` chunks it: two `(chunks, length + 2)` tensors.
 
-    The prompt's tokens are cut into runs of `length` (default `chunk_length(tokenizer)`, 75); `BREAK` also ends a
-    run. Each run becomes `[BOS] tokens [EOS] [pad...]`; BOS, EOS and padding have weight 1. A `BREAK` at the end
-    adds nothing; an empty prompt gives one empty chunk. Textual-inversion tokens with several vectors
-    (`<tok>`, `<tok>_1`, ...) are expanded as diffusers' `maybe_convert_prompt` does.
+    `length` defaults to `chunk_length(tokenizer)` (75). `comma_backtrack` and `emphasis` apply to `"a1111"`
+    (`"balanced"` never backtracks).
     """
     length = chunk_length(tokenizer) if length is None else length
-    fragments = parse_prompt_weights(prompt)
-    texts = [text for text, weight in fragments if weight is not None]
-    token_lists = iter(tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"] if texts else [])
-    expansions = _multi_vector_expansions(tokenizer)
-
-    chunks: list[tuple[list[int], list[float]]] = []
-    ids: list[int] = []
-    weights: list[float] = []
-
-    def close_chunk():
-        nonlocal ids, weights
-        chunks.append((ids, weights))
-        ids, weights = [], []
-
-    for _, weight in fragments:
-        if weight is None:
-            close_chunk()
-            continue
-        for token in next(token_lists):
-            for expanded in expansions.get(token, (token,)):
-                if len(ids) == length:
-                    close_chunk()
-                ids.append(expanded)
-                weights.append(weight)
-    if ids or not chunks:
-        close_chunk()
-
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    pad = eos if tokenizer.pad_token_id is None else tokenizer.pad_token_id
-    all_ids = torch.full((len(chunks), length + 2), pad, dtype=torch.long)
-    all_weights = torch.ones((len(chunks), length + 2), dtype=torch.float32)
-    for row, (chunk_ids, chunk_weights) in enumerate(chunks):
-        count = len(chunk_ids)
-        all_ids[row, : count + 2] = torch.tensor([bos, *chunk_ids, eos])
-        all_weights[row, 1 : count + 1] = torch.tensor(chunk_weights)
-    return all_ids, all_weights
-
-
-def _multi_vector_expansions(tokenizer) -> dict[int, list[int]]:
-    """Maps the id of each multi-vector textual-inversion token `<t>` to the ids of `<t> <t>_1 <t>_2 ...`."""
-    added = tokenizer.added_tokens_encoder
-    expansions = {}
-    for token, token_id in added.items():
-        vector_ids = [token_id]
-        while f"{token}_{len(vector_ids)}" in added:
-            vector_ids.append(added[f"{token}_{len(vector_ids)}"])
-        if len(vector_ids) > 1:
-            expansions[token_id] = vector_ids
-    return expansions
-
-
-def apply_weights(hidden_states: torch.Tensor, weights: torch.Tensor, restore_mean: bool = True) -> torch.Tensor:
-    """Scales each token's hidden state by its weight; with `restore_mean`, rescales each row to its old mean.
-
-    `hidden_states` is `(rows, tokens, channels)`, `weights` `(rows, tokens)`. The mean is taken per row over tokens
-    and channels, so a chunk's result does not depend on what else is in the batch. Rows whose weights are all 1
-    are returned unchanged, bit for bit. Computed in float32, returned in the input dtype.
-    """
-    weights = weights.to(hidden_states.device)
-    weighted_rows = (weights != 1).any(dim=-1)
-    if not bool(weighted_rows.any()):
-        return hidden_states
-    states = hidden_states.float()
-    scaled = states * weights[..., None].float()
-    if restore_mean:
-        old_mean = states.mean(dim=(1, 2), keepdim=True)
-        new_mean = scaled.mean(dim=(1, 2), keepdim=True)
-        # A mean that weighting drove to exactly zero cannot be restored by scaling; such rows stay scaled only.
-        ratio = torch.where(new_mean == 0, torch.ones_like(new_mean), old_mean / new_mean)
-        scaled = scaled * ratio
-    return torch.where(weighted_rows[:, None, None], scaled.to(hidden_states.dtype), hidden_states)
+    if syntax == "a1111":
+        return tokenize_a1111(prompt, tokenizer, length, comma_backtrack, emphasis)
+    if syntax == "balanced":
+        return chunk_a1111(parse_prompt_weights(prompt), tokenizer, length, comma_backtrack=0)
+    raise ValueError(f"tokenize_prompt takes a chunking syntax ('a1111', 'balanced'), got {syntax!r}")
 
 
 def final_layer_norm(text_encoder) -> torch.nn.Module:
@@ -232,19 +85,80 @@ def final_layer_norm(text_encoder) -> torch.nn.Module:
     return inner.final_layer_norm
 
 
+class TextEncoderRunner:
+    """One tokenizer and text encoder, and the layer read from it: `(hidden_states index, final LayerNorm)`, or
+    `(None, _)` for `last_hidden_state`."""
+
+    def __init__(self, tokenizer, text_encoder, layer: tuple[int | None, bool]):
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.layer = layer
+        self.chunk_length = chunk_length(tokenizer, text_encoder)
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        """Hidden states `(rows, positions, channels)` of the layer, and `text_embeds` when the model has them."""
+        encoder = self.text_encoder
+        device = encoder.device
+        if attention_mask is None and getattr(encoder.config, "use_attention_mask", False):
+            # Real tokens run up to the first EOS; the pad id may itself be EOS (SD-1), so it cannot mark padding.
+            first_eos = (input_ids == self.tokenizer.eos_token_id).int().argmax(dim=-1, keepdim=True)
+            attention_mask = (torch.arange(input_ids.shape[1]) <= first_eos).long()
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(device)
+        outputs = encoder(input_ids.to(device), attention_mask=attention_mask, output_hidden_states=True,
+                          return_dict=True)
+        index, norm = self.layer
+        if index is None:
+            hidden = outputs.last_hidden_state
+        else:
+            hidden = outputs.hidden_states[index]
+            if norm:
+                hidden = final_layer_norm(encoder)(hidden)
+        return hidden, getattr(outputs, "text_embeds", None)
+
+
+def encoder_layers(convention: str, count: int, clip_skip: int | None, a1111_clip_skip: int | None,
+                   a1111_sdxl_clip_l_skip: bool) -> list[tuple[int | None, bool]]:
+    """The `(hidden_states index, final LayerNorm)` each encoder contributes (see the module docstring)."""
+    if convention == "sdxl":
+        if a1111_clip_skip is not None:
+            layers = [(-2, False)] * count
+            if a1111_sdxl_clip_l_skip and count == 2:  # CLIP-L only; the refiner has no CLIP-L
+                layers[0] = (-a1111_clip_skip, False)
+            return layers
+        return [(-(2 + (clip_skip or 0)), False)] * count
+    if a1111_clip_skip is not None:
+        if convention == "sd2" and a1111_clip_skip > 1:
+            warnings.warn("A1111 ignores 'Clip skip' on SD-2 models; so does a1111_clip_skip", stacklevel=3)
+        skip = a1111_clip_skip if convention == "sd1" else 1
+        return [(None, True) if skip == 1 else (-skip, True)]
+    return [(None, True) if not clip_skip else (-(clip_skip + 1), True)]
+
+
+def _check_skip(name: str, value, minimum: int):
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < minimum):
+        raise ValueError(f"{name} must be None or an integer >= {minimum}, got {value!r}")
+
+
 class PromptEncoder:
-    """Encodes weighted prompts of any length into the embeddings a diffusers pipeline takes.
+    """Encodes prompts into the embeddings a diffusers pipeline takes, by the rules of `syntax`.
 
     Args:
         tokenizers: one tokenizer, or a list with one per text encoder (SDXL: `[tokenizer, tokenizer_2]`).
         text_encoders: one text encoder, or a list (SDXL: `[text_encoder, text_encoder_2]`; the last one must
             output `text_embeds`, i.e. be a `*TextModelWithProjection`). dualclip or stock transformers models.
         convention: `"sd1"`, `"sd2"` or `"sdxl"` (see the module docstring).
-        clip_skip: layers to skip from the end, as diffusers' `clip_skip` (`None` or 0: none). It applies to the
-            negative prompt too, as in A1111; diffusers' own `encode_prompt` skips layers for the prompt only.
-        restore_mean: after weighting, rescale each chunk to its unweighted mean (A1111). `False`: scale only.
-        zero_empty_negative: when `negative_prompt` is `None`, return zeros as the negative embeddings instead of
-            encoding `""`. Defaults to `True` for `"sdxl"` (SDXL's `force_zeros_for_empty_prompt`), else `False`.
+        syntax: `"a1111"` (default), `"balanced"`; see the module docstring.
+        clip_skip: layers to skip from the end, numbered as diffusers' `clip_skip` (`None` or 0: none). Applies to
+            the negative prompt too (diffusers' own `encode_prompt` skips layers for the prompt only).
+        a1111_clip_skip: A1111's "Clip skip" setting (1: none) with A1111's rules; exclusive with `clip_skip`.
+        a1111_sdxl_clip_l_skip: A1111's "Clip skip SDXL" option (off by default there too).
+        emphasis: A1111's emphasis mode, `"Original"` (default), `"No norm"`, `"Ignore"` or `"None"` (`"a1111"`,
+            `"balanced"`).
+        comma_backtrack: A1111's "Prompt word wrap length limit" (default 20; 0 disables).
+        zero_empty_negative: give zeros as the negative embeddings of an empty negative prompt. Default: on for
+            SDXL (A1111 zeros `""` and `None`; diffusers' `force_zeros_for_empty_prompt` zeros `None` only, which
+            `"balanced"` follows), off otherwise.
 
     ```python
     encoder = PromptEncoder.from_pipeline(pipe)
@@ -257,14 +171,20 @@ class PromptEncoder:
         tokenizers,
         text_encoders,
         convention: str = "sd1",
+        syntax: str = "a1111",
         clip_skip: int | None = None,
-        restore_mean: bool = True,
+        a1111_clip_skip: int | None = None,
+        a1111_sdxl_clip_l_skip: bool = False,
+        emphasis: str = "Original",
+        comma_backtrack: int = DEFAULT_COMMA_BACKTRACK,
         zero_empty_negative: bool | None = None,
     ):
         tokenizers = list(tokenizers) if isinstance(tokenizers, (list, tuple)) else [tokenizers]
         text_encoders = list(text_encoders) if isinstance(text_encoders, (list, tuple)) else [text_encoders]
         if convention not in CONVENTIONS:
             raise ValueError(f"convention must be one of {', '.join(map(repr, CONVENTIONS))}, got {convention!r}")
+        if syntax not in SYNTAXES:
+            raise ValueError(f"syntax must be one of {', '.join(map(repr, SYNTAXES))}, got {syntax!r}")
         if len(tokenizers) != len(text_encoders) or not text_encoders:
             raise ValueError(
                 f"give one tokenizer per text encoder: got {len(tokenizers)} tokenizers, {len(text_encoders)} encoders"
@@ -273,22 +193,37 @@ class PromptEncoder:
         if len(text_encoders) not in expected:
             raise ValueError(f"convention {convention!r} takes {' or '.join(map(str, expected))} text encoder(s), "
                              f"got {len(text_encoders)}")
-        if clip_skip is not None and (not isinstance(clip_skip, int) or isinstance(clip_skip, bool) or clip_skip < 0):
-            raise ValueError(f"clip_skip must be None or a non-negative integer, got {clip_skip!r}")
-        self.tokenizers = tokenizers
-        self.text_encoders = text_encoders
+        _check_skip("clip_skip", clip_skip, 0)
+        _check_skip("a1111_clip_skip", a1111_clip_skip, 1)
+        if clip_skip and a1111_clip_skip is not None:
+            raise ValueError("give clip_skip (diffusers' numbering) or a1111_clip_skip (A1111's), not both")
+        if emphasis not in EMPHASES:
+            raise ValueError(f"emphasis must be one of {', '.join(map(repr, EMPHASES))}, got {emphasis!r}")
+        if not isinstance(comma_backtrack, int) or comma_backtrack < 0:
+            raise ValueError(f"comma_backtrack must be an integer >= 0, got {comma_backtrack!r}")
+        layers = encoder_layers(convention, len(text_encoders), clip_skip, a1111_clip_skip, a1111_sdxl_clip_l_skip)
+        self.runners = [TextEncoderRunner(t, e, layer) for t, e, layer in zip(tokenizers, text_encoders, layers)]
         self.convention = convention
-        self.clip_skip = clip_skip
-        self.restore_mean = restore_mean
+        self.syntax = syntax
+        self.emphasis = emphasis
+        self.comma_backtrack = comma_backtrack
         self.zero_empty_negative = convention == "sdxl" if zero_empty_negative is None else zero_empty_negative
+
+    @property
+    def tokenizers(self):
+        return [runner.tokenizer for runner in self.runners]
+
+    @property
+    def text_encoders(self):
+        return [runner.text_encoder for runner in self.runners]
 
     @classmethod
     def from_pipeline(cls, pipeline, convention: str | None = None, **kwargs) -> PromptEncoder:
         """Takes the tokenizers and text encoders of a Stable Diffusion 1/2 or SDXL diffusers pipeline.
 
         The convention is `"sdxl"` when the pipeline has a CLIP `text_encoder_2` (one with `text_projection`), else
-        `"sd1"`; SDXL pipelines pass their `force_zeros_for_empty_prompt` as `zero_empty_negative`. Other pipelines
-        (Flux, SD3: a T5 encoder) are refused.
+        `"sd1"`. With the diffusers-like `"balanced"` syntax, an SDXL pipeline's `force_zeros_for_empty_prompt`
+        becomes `zero_empty_negative`. Other pipelines (Flux, SD3: a T5 encoder) are refused.
         """
         second = getattr(pipeline, "text_encoder_2", None)
         if (second is not None and not hasattr(second, "text_projection")) or hasattr(pipeline, "text_encoder_3"):
@@ -303,7 +238,8 @@ class PromptEncoder:
         pairs = [(tok, enc) for tok, enc in pairs if tok is not None and enc is not None]
         if convention is None:
             convention = "sdxl" if second is not None else "sd1"
-        if convention == "sdxl" and "zero_empty_negative" not in kwargs:
+        syntax = kwargs.get("syntax", "a1111")
+        if convention == "sdxl" and syntax == "balanced" and "zero_empty_negative" not in kwargs:
             kwargs["zero_empty_negative"] = bool(getattr(pipeline.config, "force_zeros_for_empty_prompt", True))
         return cls([t for t, _ in pairs], [e for _, e in pairs], convention=convention, **kwargs)
 
@@ -311,89 +247,135 @@ class PromptEncoder:
     def encode(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None) -> dict:
         """Embeddings of `prompt` and `negative_prompt`, keyed by the pipeline argument they go to.
 
-        Returns `prompt_embeds` and `negative_prompt_embeds` (`(batch, chunks * 77, channels)`, equal lengths),
-        plus `pooled_prompt_embeds` and `negative_pooled_prompt_embeds` (`(batch, projection_dim)`) for `"sdxl"`.
+        Returns `prompt_embeds` and `negative_prompt_embeds` (`(batch, positions, channels)`, equal lengths), plus
+        `pooled_prompt_embeds` and `negative_pooled_prompt_embeds` (`(batch, projection_dim)`) for `"sdxl"`.
         A string `negative_prompt` applies to every prompt of a list.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise ValueError("prompt must be a string or a non-empty list of strings")
-        zero_negative = negative_prompt is None and self.zero_empty_negative
         if negative_prompt is None or isinstance(negative_prompt, str):
-            negatives = [negative_prompt or ""] * len(prompts)
+            negatives = [negative_prompt] * len(prompts)
         else:
             negatives = list(negative_prompt)
             if len(negatives) != len(prompts):
                 raise ValueError(f"got {len(prompts)} prompts but {len(negatives)} negative prompts")
 
-        texts = prompts if zero_negative else prompts + negatives
-        tokenized = [[tokenize_weighted_prompt(text, tok, chunk_length(tok, enc)) for text in texts]
-                     for tok, enc in zip(self.tokenizers, self.text_encoders)]
-        chunks = max(ids.shape[0] for per_encoder in tokenized for ids, _ in per_encoder)
-
-        states, pooled = [], None
-        for index, (tokenizer, encoder, per_text) in enumerate(zip(self.tokenizers, self.text_encoders, tokenized)):
-            ids = torch.stack([_pad_chunks(i, chunks, tokenizer) for i, _ in per_text])
-            weights = torch.stack([_pad_chunks(w, chunks) for _, w in per_text])
-            hidden, pooled_rows = self._encode_chunks(encoder, ids.flatten(0, 1), tokenizer)
-            hidden = apply_weights(hidden, weights.flatten(0, 1), self.restore_mean)
-            states.append(hidden.unflatten(0, (len(texts), chunks)).flatten(1, 2))
-            if index == len(self.text_encoders) - 1 and pooled_rows is not None:
-                pooled = pooled_rows.unflatten(0, (len(texts), chunks))[:, 0]
-        embeds = torch.cat(states, dim=-1)
-
-        batch = len(prompts)
-        result = {"prompt_embeds": embeds[:batch]}
-        result["negative_prompt_embeds"] = torch.zeros_like(embeds) if zero_negative else embeds[batch:]
-        if self.convention == "sdxl":
-            if pooled is None:
-                raise ValueError(
-                    "the last SDXL text encoder returned no text_embeds: use a *TextModelWithProjection "
-                    "(e.g. DualClipTextModelWithProjection) as text_encoder_2"
-                )
-            result["pooled_prompt_embeds"] = pooled[:batch]
-            result["negative_pooled_prompt_embeds"] = torch.zeros_like(pooled) if zero_negative else pooled[batch:]
+        if self.syntax == "a1111":
+            result = self._encode_a1111(prompts, negatives)
+        else:
+            result = self._encode_balanced(prompts, negatives)
+        if self.convention == "sdxl" and result.get("pooled_prompt_embeds") is None:
+            raise ValueError(
+                "the last SDXL text encoder returned no text_embeds: use a *TextModelWithProjection "
+                "(e.g. DualClipTextModelWithProjection) as text_encoder_2"
+            )
+        if self.convention != "sdxl":
+            result.pop("pooled_prompt_embeds", None)
+            result.pop("negative_pooled_prompt_embeds", None)
         return result
 
-    def _encode_chunks(self, encoder, input_ids: torch.Tensor, tokenizer):
-        """Token-level states of the convention's layer, and the projected pooled output when there is one."""
-        device = encoder.device
-        attention_mask = None
-        if getattr(encoder.config, "use_attention_mask", False):
-            # Real tokens run up to the first EOS; the pad id may itself be EOS (SD-1), so it cannot mark padding.
-            first_eos = (input_ids == tokenizer.eos_token_id).int().argmax(dim=-1, keepdim=True)
-            attention_mask = (torch.arange(input_ids.shape[1]) <= first_eos).long().to(device)
-        skip = self.clip_skip or 0
-        outputs = encoder(input_ids.to(device), attention_mask=attention_mask, output_hidden_states=True,
-                          return_dict=True)
-        if self.convention == "sdxl":
-            hidden = outputs.hidden_states[-(skip + 2)]
-        elif skip:
-            hidden = final_layer_norm(encoder)(outputs.hidden_states[-(skip + 1)])
+    # ---- chunk-based syntaxes -----------------------------------------------------------------------------------
+
+    def _chunk_rows(self, text: str, runner: TextEncoderRunner):
+        if self.syntax == "a1111":
+            return tokenize_a1111(text, runner.tokenizer, runner.chunk_length, self.comma_backtrack, self.emphasis)
+        return chunk_a1111(parse_prompt_weights(text), runner.tokenizer, runner.chunk_length, comma_backtrack=0)
+
+    def _encode_chunked(self, text: str):
+        """One text through every encoder: emphasised states `(positions, channels)` concatenated over encoders,
+        and the last encoder's pooled embedding of the first chunk."""
+        states, pooled = [], None
+        rows = [self._chunk_rows(text, runner) for runner in self.runners]
+        chunks = max(ids.shape[0] for ids, _ in rows)
+        for runner, (ids, weights) in zip(self.runners, rows):
+            if ids.shape[0] < chunks:  # tokenizers that split the text differently: pad with empty chunks
+                empty_ids, empty_weights = self._chunk_rows("", runner)
+                missing = chunks - ids.shape[0]
+                ids = torch.cat([ids, empty_ids.expand(missing, -1)])
+                weights = torch.cat([weights, empty_weights.expand(missing, -1)])
+            hidden, pooled_rows = runner(ids)
+            states.append(emphasize(hidden, weights, self.emphasis).flatten(0, 1))
+            pooled = None if pooled_rows is None else pooled_rows[0]
+        return torch.cat(states, dim=-1), pooled
+
+    def _encode_a1111(self, prompts: list[str], negatives: list[str | None]) -> dict:
+        """A1111: each prompt encoded alone; prompts of a batch padded to the longest by repeating their last
+        position (as A1111 stacks a batch); an empty SDXL negative is zeros; then the shorter of prompt and negative
+        is padded with the empty prompt's embedding (A1111's "Pad prompt/negative prompt", which diffusers needs)."""
+        encoded = [self._encode_chunked(prepare_prompt(text)) for text in prompts]
+        zero = self.convention == "sdxl" and self.zero_empty_negative and all(not n for n in negatives)
+        if zero:
+            width = encoded[0][0].shape[-1]
+            negative_encoded = [(torch.zeros(self.runners[0].chunk_length + 2, width, dtype=encoded[0][0].dtype,
+                                             device=encoded[0][0].device),
+                                 None if encoded[0][1] is None else torch.zeros_like(encoded[0][1]))] * len(prompts)
         else:
-            hidden = outputs.last_hidden_state
-        return hidden, getattr(outputs, "text_embeds", None)
+            negative_encoded = [self._encode_chunked(prepare_prompt(text or "", negative=True)) for text in negatives]
+        embeds = _stack_repeating_last([e for e, _ in encoded])
+        negative_embeds = _stack_repeating_last([e for e, _ in negative_encoded])
+        if embeds.shape[1] != negative_embeds.shape[1]:
+            empty, _ = self._encode_chunked("")
+            embeds, negative_embeds = (_pad_with(x, empty, max(embeds.shape[1], negative_embeds.shape[1]))
+                                       for x in (embeds, negative_embeds))
+        return {
+            "prompt_embeds": embeds,
+            "negative_prompt_embeds": negative_embeds,
+            "pooled_prompt_embeds": _stack_pooled([p for _, p in encoded]),
+            "negative_pooled_prompt_embeds": _stack_pooled([p for _, p in negative_encoded]),
+        }
+
+    def _encode_balanced(self, prompts: list[str], negatives: list[str | None]) -> dict:
+        """dualclip's earlier rules: every text padded with empty chunks to the longest; a `None` negative is zeros
+        when `zero_empty_negative` (diffusers' `force_zeros_for_empty_prompt`)."""
+        zero = negatives[0] is None and self.zero_empty_negative
+        texts = prompts if zero else prompts + [n or "" for n in negatives]
+        encoded = [self._encode_chunked(text) for text in texts]
+        length = max(e.shape[0] for e, _ in encoded)
+        empty, _ = self._encode_chunked("") if any(e.shape[0] < length for e, _ in encoded) else (None, None)
+        embeds = torch.stack([_pad_with(e[None], empty, length)[0] for e, _ in encoded])
+        pooled = _stack_pooled([p for _, p in encoded])
+        batch = len(prompts)
+        return {
+            "prompt_embeds": embeds[:batch],
+            "negative_prompt_embeds": torch.zeros_like(embeds) if zero else embeds[batch:],
+            "pooled_prompt_embeds": None if pooled is None else pooled[:batch],
+            "negative_pooled_prompt_embeds": None if pooled is None else (
+                torch.zeros_like(pooled) if zero else pooled[batch:]),
+        }
 
 
-def _pad_chunks(rows: torch.Tensor, chunks: int, tokenizer=None) -> torch.Tensor:
-    """Appends empty chunks (`[BOS] [EOS] [pad...]` ids, or weights 1) until `rows` has `chunks` rows."""
-    missing = chunks - rows.shape[0]
-    if missing == 0:
-        return rows
-    if tokenizer is None:
-        filler = torch.ones(missing, rows.shape[1], dtype=rows.dtype)
-    else:
-        filler, _ = tokenize_weighted_prompt("", tokenizer, rows.shape[1] - 2)
-        filler = filler.expand(missing, -1)
-    return torch.cat([rows, filler])
+def _stack_repeating_last(embeds: list[torch.Tensor]) -> torch.Tensor:
+    """`(positions, channels)` tensors stacked into a batch, shorter ones extended by repeating their last position."""
+    length = max(e.shape[0] for e in embeds)
+    return torch.stack([torch.cat([e, e[-1:].expand(length - e.shape[0], -1)]) for e in embeds])
+
+
+def _pad_with(embeds: torch.Tensor, filler: torch.Tensor | None, length: int) -> torch.Tensor:
+    """`(batch, positions, channels)` extended to `length` positions by whole copies of `filler`."""
+    missing = length - embeds.shape[1]
+    if missing <= 0:
+        return embeds
+    repeats = math.ceil(missing / filler.shape[0])
+    extra = filler.repeat(repeats, 1)[:missing]
+    return torch.cat([embeds, extra[None].expand(embeds.shape[0], -1, -1).to(embeds.dtype)], dim=1)
+
+
+def _stack_pooled(pooled: list[torch.Tensor | None]) -> torch.Tensor | None:
+    return None if any(p is None for p in pooled) else torch.stack(pooled)
 
 
 __all__ = [
     "BREAK",
+    "CONVENTIONS",
+    "SYNTAXES",
     "PromptEncoder",
-    "apply_weights",
+    "TextEncoderRunner",
     "chunk_length",
+    "emphasize",
+    "encoder_layers",
     "final_layer_norm",
+    "parse_a1111",
     "parse_prompt_weights",
-    "tokenize_weighted_prompt",
+    "tokenize_prompt",
 ]
