@@ -1,18 +1,29 @@
-"""DualClipImageProcessor against the reference, transformers' CLIPImageProcessorPil, input kind by input kind."""
+"""DualClipImageProcessor against the reference, transformers' CLIPImageProcessorPil, input kind by input kind,
+and what dualclip adds: 16-bit images scaled instead of clipped, local files, errors that name the input."""
 
 import json
 import pathlib
+import re
+import struct
+import zlib
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassFieldValidationError
 from transformers import AutoImageProcessor, PretrainedConfig
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
 
 import dualclip.image_processing_dualclip as image_processing
-from dualclip.image_processing_dualclip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, DualClipImageProcessor
+from dualclip.image_processing_dualclip import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    DualClipImageProcessor,
+    load_image_file,
+    scale_to_8_bit,
+)
 
 
 TOLERANCE = 1e-6
@@ -64,9 +75,9 @@ PIL_IMAGES = {
     "P with transparency": _pil_with_palette_transparency,
     "CMYK": lambda: PIL.Image.fromarray(_uint8_hwc()).convert("CMYK"),
     "1": lambda: PIL.Image.fromarray(_uint8_hwc()).convert("1"),
-    "I;16": lambda: PIL.Image.fromarray(_rng().integers(0, 65536, (37, 53), dtype=np.uint16)),
-    "I": lambda: PIL.Image.fromarray(_rng().integers(-50, 400, (37, 53), dtype=np.int32)),
-    "F": lambda: PIL.Image.fromarray(_rng().random((37, 53), dtype=np.float32) * 255),
+    # 32-bit modes holding 8-bit values are left to PIL's own conversion, as in the reference.
+    "I with values 0..255": lambda: PIL.Image.fromarray(_uint8_hwc()[:, :, 0].astype(np.int32)),
+    "F with values 0..255": lambda: PIL.Image.fromarray(_rng().random((37, 53), dtype=np.float32) * 255),
 }
 
 
@@ -155,6 +166,128 @@ def test_file_paths_match_reference(tmp_path):
     )
 
 
+def _uint16(height=37, width=53, seed=0):
+    return _rng(seed).integers(0, 65536, (height, width), dtype=np.uint16)
+
+
+def _write_16_bit_png(path, pixels):
+    """A 16-bit PNG written with numpy and zlib: gray for (H, W) pixels, RGB for (H, W, 3)."""
+    height, width = pixels.shape[:2]
+    rows = pixels.astype(">u2").reshape(height, -1)
+    raw = b"".join(b"\x00" + row.tobytes() for row in rows)  # filter type 0 before each row
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 0 if pixels.ndim == 2 else 2, 0, 0, 0)
+    chunks = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunks)
+
+
+def _reference_on_8_bit(gray_uint8, **settings):
+    """What the reference gives for the 8-bit gray image a 16- or 32-bit image should become."""
+    return _pixels(CLIPImageProcessorPil(**settings), PIL.Image.fromarray(gray_uint8))
+
+
+def test_16_bit_png_files_are_scaled_to_8_bit_not_clipped(tmp_path):
+    values = _uint16()
+    path = tmp_path / "gray16.png"
+    PIL.Image.fromarray(values).save(path)
+    with PIL.Image.open(path) as image:
+        assert image.mode == "I;16"
+        opened = image.copy()
+    expected = _reference_on_8_bit((values >> 8).astype(np.uint8))
+    for source in (str(path), path, [str(path)], opened):
+        np.testing.assert_allclose(_pixels(DualClipImageProcessor(), source), expected, rtol=0, atol=TOLERANCE)
+    np.testing.assert_array_equal(np.asarray(load_image_file(path))[:, :, 0], values >> 8)
+    # The reference converts to RGB directly, which clips at 255: almost every pixel comes out white.
+    clipped = _pixels(CLIPImageProcessorPil(do_normalize=False), opened)
+    assert (clipped == 1.0).mean() > 0.95
+
+
+def test_16_bit_gray_and_rgb_pngs_of_one_picture_give_the_same_pixels(tmp_path):
+    # Pillow itself reads 16-bit RGB PNGs as 8-bit RGB (the high byte); 16-bit gray PNGs open as I;16 and are
+    # scaled the same way.
+    values = _uint16(seed=1)
+    _write_16_bit_png(tmp_path / "gray.png", values)
+    _write_16_bit_png(tmp_path / "rgb.png", np.repeat(values[:, :, None], 3, axis=2))
+    with PIL.Image.open(tmp_path / "gray.png") as gray, PIL.Image.open(tmp_path / "rgb.png") as rgb:
+        assert (gray.mode, rgb.mode) == ("I;16", "RGB")
+    processor = DualClipImageProcessor()
+    np.testing.assert_array_equal(
+        _pixels(processor, str(tmp_path / "gray.png")), _pixels(processor, str(tmp_path / "rgb.png"))
+    )
+
+
+@pytest.mark.parametrize("mode, byte_order", [("I;16", "<"), ("I;16L", "<"), ("I;16B", ">"), ("I;16N", "=")])
+def test_every_16_bit_mode_keeps_the_high_byte(mode, byte_order):
+    values = np.array([[0, 255, 256, 128 * 257, 65280, 65535]], dtype=np.uint16)
+    image = PIL.Image.frombytes(mode, (values.shape[1], 1), values.astype(f"{byte_order}u2").tobytes())
+    eight_bit = scale_to_8_bit(image)
+    assert eight_bit.mode == "L"
+    np.testing.assert_array_equal(np.asarray(eight_bit), values >> 8)
+
+
+@pytest.mark.parametrize("widen", [lambda v: v * 257, lambda v: v << 8], ids=["v*257", "v<<8"])
+def test_8_bit_values_stored_in_16_bits_come_back_exactly(widen):
+    gray = _uint8_hwc()[:, :, 0]
+    sixteen_bit = PIL.Image.fromarray(widen(gray.astype(np.uint16)))
+    np.testing.assert_array_equal(_pixels(DualClipImageProcessor(), sixteen_bit), _reference_on_8_bit(gray))
+
+
+THIRTY_TWO_BIT = {  # a mode I or F image, and the 8-bit values it stands for
+    "I, 16-bit values": (lambda: _uint16().astype(np.int32), lambda: (_uint16() >> 8).astype(np.uint8)),
+    "F, 16-bit values": (lambda: _uint16().astype(np.float32), lambda: (_uint16() >> 8).astype(np.uint8)),
+    "F, values in [0, 1]": (lambda: _float01()[:, :, 0], lambda: (_float01()[:, :, 0] * 255).astype(np.uint8)),
+}
+
+
+@pytest.mark.parametrize("kind", list(THIRTY_TWO_BIT))
+def test_32_bit_images_are_read_in_the_smallest_range_that_holds_them(kind):
+    values, eight_bit = (make() for make in THIRTY_TWO_BIT[kind])
+    np.testing.assert_allclose(
+        _pixels(DualClipImageProcessor(), PIL.Image.fromarray(values)), _reference_on_8_bit(eight_bit),
+        rtol=0, atol=TOLERANCE,
+    )
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[[-5, 300]], [[0, 70000]], [[0.5, -0.25]], [[0.5, np.nan]], [[0.0, np.inf]]],
+    ids=["I negative", "I above 65535", "F negative", "F nan", "F inf"],
+)
+def test_32_bit_images_outside_the_usual_ranges_raise(values):
+    values = np.asarray(values, dtype=np.float32 if isinstance(values[0][1], float) else np.int32)
+    with pytest.raises(ValueError, match=r"`images\[0\]`: a mode '(I|F)' image with values in .*Scale it"):
+        DualClipImageProcessor()(PIL.Image.fromarray(values))
+
+
+def test_file_paths_are_turned_upright_by_their_exif_orientation(tmp_path):
+    image = PIL.Image.fromarray(_uint8_hwc(30, 50))
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6  # orientation: the picture must be turned 90 degrees clockwise to be upright
+    path = tmp_path / "rotated.png"
+    image.save(path, exif=exif)
+    np.testing.assert_array_equal(
+        np.asarray(load_image_file(path)), np.asarray(image.transpose(PIL.Image.Transpose.ROTATE_270))
+    )
+    assert_matches_reference(str(path))  # transformers' load_image turns it the same way
+
+
+def test_unreadable_files_raise_naming_the_file(tmp_path):
+    good = tmp_path / "good.png"
+    PIL.Image.fromarray(_uint8_hwc()).save(good)
+    truncated, garbage = tmp_path / "truncated.png", tmp_path / "garbage.png"
+    truncated.write_bytes(good.read_bytes()[:300])
+    garbage.write_bytes(b"not an image")
+    for path in (truncated, garbage):
+        message = rf"`images\[1\]`: '{re.escape(str(path))}' is not an image file PIL can read \(.+\)"
+        with pytest.raises(ValueError, match=message):
+            DualClipImageProcessor()([str(good), str(path)])
+        with pytest.raises(ValueError, match=rf"^'{re.escape(str(path))}' is not an image file PIL can read"):
+            load_image_file(path)
+
+
 SETTINGS = {
     "openclip-style 256/240": OPENCLIP_STYLE,
     "scalar mean and std": {"image_mean": 0.5, "image_std": 0.5},
@@ -165,6 +298,7 @@ SETTINGS = {
     "no RGB conversion": {"do_convert_rgb": False},
     "nearest, odd crop": {"resample": 0, "crop_size": {"height": 101, "width": 77}},
     "lanczos": {"resample": PIL.Image.Resampling.LANCZOS, "size": {"shortest_edge": 64}},
+    "shortest and longest edge": {"size": {"shortest_edge": 64, "longest_edge": 80}, "do_center_crop": False},
 }
 
 
@@ -296,9 +430,11 @@ BAD_IMAGES = {
     "complex array": (np.zeros((8, 8, 3), np.complex64), TypeError, r"dtype complex64"),
     "missing file": ("no/such/file.png", ValueError, r"not an existing image file"),
     "URL": ("https://example.com/cat.png", ValueError, r"is a URL; dualclip never downloads"),
-    "float out of range": (np.full((8, 8, 3), 1.5, np.float32), ValueError, r"fractional pixels must lie in \[0, 1\]"),
-    "negative whole numbers": (np.full((8, 8, 3), -3.0), ValueError, r"whole-number pixels must lie in \[0, 255\]"),
-    "float RGBA above 1": (np.full((8, 8, 4), 2.0), ValueError, r"RGBA pixels must lie in \[0, 1\]"),
+    # Value ranges are transformers' own checks; the message gets the name of the image in front.
+    "float out of range": (np.full((8, 8, 3), 1.5), ValueError, r"`images\[0\]`: .*outside the range \[0, 1\]"),
+    "negative whole numbers": (np.full((8, 8, 3), -3.0), ValueError, r"`images\[0\]`: .*outside the range \[0, 255\]"),
+    "float RGBA above 1": (np.full((8, 8, 4), 2.0), ValueError, r"`images\[0\]`: .*outside the range \[0, 1\]"),
+    "second image bad": ([_uint8_hwc(), np.full((8, 8, 3), 1.5)], ValueError, r"`images\[1\]`: .*outside the range"),
 }
 
 
@@ -309,37 +445,41 @@ def test_bad_images_raise_clear_errors(name):
         DualClipImageProcessor()(images)
 
 
-@pytest.mark.parametrize("return_tensors", ["tf", "jax", "torch", 1])
+# Type errors come from transformers' validation of the settings (a strict-dataclass error naming the field).
+SETTING_ERRORS = (ValueError, TypeError, StrictDataclassFieldValidationError)
+
+
+@pytest.mark.parametrize("return_tensors", ["tf", "jax", "torch", "mlx", 1])
 def test_unknown_return_tensors_raise(return_tensors):
-    with pytest.raises(ValueError, match="`return_tensors` must be 'pt'"):
+    with pytest.raises(SETTING_ERRORS, match="return_tensors"):
         DualClipImageProcessor()(_uint8_hwc(), return_tensors=return_tensors)
 
 
 BAD_SETTINGS = {
-    "size with longest_edge": ({"size": {"shortest_edge": 224, "longest_edge": 300}}, ValueError, r"`size` must be"),
-    "negative size": ({"size": -1}, ValueError, r"`size` must be a positive int"),
-    "crop_size as string": ({"crop_size": "224"}, ValueError, r"`crop_size` must be"),
-    "unknown resample": ({"resample": 42}, ValueError, r"`resample` must be a PIL resampling filter"),
-    "zero std": ({"image_std": [0.2, 0.0, 0.2]}, ValueError, r"`image_std` must not contain zeros"),
-    "mean as text": ({"image_mean": "imagenet"}, ValueError, r"`image_mean` must be a number or a sequence"),
-    "flag as string": ({"do_resize": "yes"}, TypeError, r"`do_resize` must be True or False"),
-    "zero rescale_factor": ({"rescale_factor": 0}, ValueError, r"`rescale_factor` must be a positive number"),
+    "negative size": ({"size": -1}, r"`size` must hold positive ints"),
+    "zero crop height": ({"crop_size": {"height": 0, "width": 8}}, r"`crop_size` must hold positive ints"),
+    "crop_size as string": ({"crop_size": "224"}, r"crop_size"),
+    "unknown resample": ({"resample": 42}, r"resampl"),
+    "zero std": ({"image_std": [0.2, 0.0, 0.2]}, r"`image_std` must not contain zeros"),
+    "mean as text": ({"image_mean": "imagenet"}, r"image_mean"),
+    "flag as string": ({"do_resize": "yes"}, r"do_resize"),
+    "zero rescale_factor": ({"rescale_factor": 0.0}, r"`rescale_factor` must be a positive number"),
 }
 
 
 @pytest.mark.parametrize("name", list(BAD_SETTINGS))
 def test_bad_settings_raise_at_construction_and_per_call(name):
-    settings, error, message = BAD_SETTINGS[name]
-    with pytest.raises(error, match=message):
+    settings, message = BAD_SETTINGS[name]
+    with pytest.raises(SETTING_ERRORS, match=message):
         DualClipImageProcessor(**settings)
-    with pytest.raises(error, match=message):
+    with pytest.raises(SETTING_ERRORS, match=message):
         DualClipImageProcessor()(_uint8_hwc(), **settings)
 
 
 def test_bad_input_data_format_and_channel_mismatch_raise():
     with pytest.raises(ValueError, match="`input_data_format` must be one of"):
         DualClipImageProcessor()(_uint8_hwc(), input_data_format="HWC")
-    with pytest.raises(ValueError, match=r"has 4 channels but `image_mean` has 3 values"):
+    with pytest.raises(ValueError, match=r"`images\[0\]`: mean must have 4 elements"):
         DualClipImageProcessor(do_convert_rgb=False)(_uint8_hwc(channels=4))
     with pytest.raises(ValueError, match=r"has 2 channels in channels_last layout"):
         DualClipImageProcessor()(_uint8_hwc(3, 8, 2), input_data_format="channels_last")

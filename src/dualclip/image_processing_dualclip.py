@@ -1,314 +1,214 @@
-"""`DualClipImageProcessor`: CLIP image preprocessing with PIL and numpy only (no torchvision).
+"""`DualClipImageProcessor`: transformers' CLIP image processor on its PIL backend, plus what it lacks.
 
-Each image goes through these steps, in this order; every step but the first can be switched off:
+The pipeline (RGB conversion, resize, centre crop, rescale, normalize) is transformers' own `PilBackend`,
+through `CLIPImageProcessorPil`: the same settings give the same pixels, and `preprocessor_config.json` files
+are shared both ways. dualclip adds, before the images reach that pipeline:
 
-1. decode: PIL image, numpy array, torch tensor or local file path -> channels-first numpy array,
-   converted to RGB when `do_convert_rgb` (transparency is composited onto white, grayscale is repeated);
-2. resize: shortest edge to `size["shortest_edge"]` (long edge `int(shortest * long / short)`), or exactly
-   to `size["height"]` x `size["width"]`, with PIL resampling (bicubic by default);
-3. centre crop to `crop_size` (zero padding where the image is smaller);
-4. rescale by `rescale_factor` (1/255);
-5. normalize with the per-channel `image_mean` and `image_std`.
-
-Every image comes out as a float32 `(3, H, W)` array. The pixels equal those of transformers'
-`CLIPImageProcessorPil` with the same settings, input kind by input kind, which is also why the rules below
-read the way they do:
-
-- Arrays and tensors may be `(H, W)`, `(C, H, W)` or `(H, W, C)` with C in 1, 3, 4; a single 4-D array or
-  tensor is a batch. When both ends could be the channel axis, channels-first wins (pass
-  `input_data_format` to say otherwise).
-- uint8 and other integer pixels are 0..255. Floating-point pixels whose values are all whole numbers are
-  also read as 0..255; other floating-point pixels must lie in [0, 1] and are taken as already rescaled,
-  so pass `do_rescale=False` for them (a warning says so when you forget). Before PIL resizing, such [0, 1]
-  pixels are quantized to 8 bits (`x * 255`, truncated) and divided by 255 afterwards.
-- 16- and 32-bit PIL images are clipped to 255 by the RGB conversion, as in OpenAI CLIP and transformers.
-- A file path is opened locally, turned upright by its EXIF orientation and converted with
-  `PIL.Image.convert("RGB")`, which drops transparency instead of compositing it. URLs are never fetched.
+- local file paths are opened (turned upright by their EXIF orientation, then `convert("RGB")`, as
+  transformers' `load_image` does); URLs are never fetched;
+- 16-bit images are scaled to 8 bits instead of being clipped at 255 (see `scale_to_8_bit`);
+- 2-D `(H, W)` arrays and tensors are grayscale images; bfloat16, CUDA and `requires_grad` tensors are accepted;
+- a bad input raises an error that names it (`images[3]`), its shape and what was expected;
+- floating-point pixels in [0, 1] with `do_rescale=True` log a warning (they would be rescaled twice);
+- `pixel_values` are always float32, also where the stock processor keeps uint8 (no rescale, no normalize).
 """
 
+import contextlib
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from numbers import Real
+import struct
+import zlib
 
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
 import torch
-from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from huggingface_hub.dataclasses import validate_typed_dict
+from transformers.image_processing_base import BatchFeature
+from transformers.image_utils import OPENAI_CLIP_MEAN as _OPENAI_CLIP_MEAN
+from transformers.image_utils import OPENAI_CLIP_STD as _OPENAI_CLIP_STD
+from transformers.image_utils import ChannelDimension
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.utils import logging
 
 
 logger = logging.get_logger(__name__)
 
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+OPENAI_CLIP_MEAN = tuple(_OPENAI_CLIP_MEAN)
+OPENAI_CLIP_STD = tuple(_OPENAI_CLIP_STD)
 
 _CHANNEL_COUNTS = (1, 3, 4)
-_INPUT_DATA_FORMATS = ("channels_first", "channels_last")
-_RETURN_TENSORS = ("np", "pt")
-_SUPPORTED_SIZES = '{"shortest_edge": int} or {"height": int, "width": int}'
-_HIGH_BIT_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+# Errors PIL raises for files it cannot decode: truncated or corrupt data, unknown formats, decompression bombs.
+_DECODE_ERRORS = (
+    OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, PIL.Image.DecompressionBombError
+)
 
 
-@dataclass(frozen=True)
-class _Settings:
-    """The validated settings of one `preprocess` call."""
-
-    do_convert_rgb: bool
-    do_resize: bool
-    size: dict
-    resample: PIL.Image.Resampling
-    do_center_crop: bool
-    crop_size: dict
-    do_rescale: bool
-    rescale_factor: float
-    do_normalize: bool
-    image_mean: tuple
-    image_std: tuple
-    input_data_format: str | None
-
-
-class DualClipImageProcessor(BaseImageProcessor):
+class DualClipImageProcessor(CLIPImageProcessorPil):
     r"""
-    CLIP image processor: resize, centre crop, RGB conversion, rescale and normalize, using PIL and numpy.
+    CLIP image processor: RGB conversion, resize, centre crop, rescale and normalize, with PIL and numpy.
 
-    Defaults are those of OpenAI CLIP: bicubic resize of the shortest edge to 224, 224x224 centre crop,
-    `OPENAI_CLIP_MEAN`/`OPENAI_CLIP_STD` normalization. `save_pretrained`/`from_pretrained` read and write
-    the same `preprocessor_config.json` keys as transformers' `CLIPImageProcessor`, so CLIP folders load as is.
+    A subclass of transformers' `CLIPImageProcessorPil` with the same settings, defaults (OpenAI CLIP: bicubic
+    resize of the shortest edge to 224, 224x224 centre crop, `OPENAI_CLIP_MEAN`/`OPENAI_CLIP_STD`) and
+    `preprocessor_config.json` keys, so CLIP folders load as they are and the pixels equal the stock ones.
 
-    Args:
-        do_resize (`bool`, defaults to `True`): whether to resize.
-        size (`dict` or `int`, defaults to `{"shortest_edge": 224}`): `{"shortest_edge": n}` keeps the aspect
-            ratio, `{"height": h, "width": w}` resizes to exactly that; an int means `{"shortest_edge": n}`.
-        resample (`PIL.Image.Resampling` or `int`, defaults to `BICUBIC`): the PIL resampling filter.
-        do_center_crop (`bool`, defaults to `True`): whether to centre crop after resizing.
-        crop_size (`dict`, `int` or `(height, width)`, defaults to `{"height": 224, "width": 224}`).
-        do_rescale (`bool`, defaults to `True`): whether to multiply pixels by `rescale_factor`.
-        rescale_factor (`float`, defaults to `1/255`).
-        do_normalize (`bool`, defaults to `True`): whether to apply `(x - image_mean) / image_std`.
-        image_mean (`float` or sequence of floats, defaults to `OPENAI_CLIP_MEAN`).
-        image_std (`float` or sequence of floats, defaults to `OPENAI_CLIP_STD`).
-        do_convert_rgb (`bool`, defaults to `True`): whether to convert every image to 3-channel RGB.
+    Inputs: PIL images (any mode; transparency is composited onto white, 16-bit modes are scaled, see
+    `scale_to_8_bit`), numpy arrays or torch tensors as `(H, W)`, `(C, H, W)` or `(H, W, C)` with 1, 3 or 4
+    channels (4-D: a batch), local file paths (see `load_image_file`), or a list of these (one level of nesting).
+    Integer pixels are 0..255; floating-point pixels in [0, 1] are already rescaled, so pass `do_rescale=False`.
+    When both the first and last axis could hold the channels, channels-first wins; pass `input_data_format`.
+
+    Settings (at construction, or per call): `do_resize`, `size` (`{"shortest_edge": n}`, `{"height": h,
+    "width": w}`, ...; an int is a shortest edge), `resample`, `do_center_crop`, `crop_size`, `do_rescale`,
+    `rescale_factor`, `do_normalize`, `image_mean`, `image_std`, `do_convert_rgb`; per call also
+    `input_data_format` and `return_tensors` (`"pt"`, `"np"`, or `None` for a list of `(3, H, W)` arrays).
+    Invalid settings raise at construction as well as per call. `pixel_values` are float32.
     """
 
-    model_input_names = ["pixel_values"]
-
-    def __init__(
-        self,
-        do_resize: bool = True,
-        size: dict | int | None = None,
-        resample: PIL.Image.Resampling | int = PIL.Image.Resampling.BICUBIC,
-        do_center_crop: bool = True,
-        crop_size: dict | int | Sequence[int] | None = None,
-        do_rescale: bool = True,
-        rescale_factor: float = 1 / 255,
-        do_normalize: bool = True,
-        image_mean: float | Sequence[float] | None = None,
-        image_std: float | Sequence[float] | None = None,
-        do_convert_rgb: bool = True,
-        **kwargs,
-    ):
-        # Older CLIP configs store `size: 224` with `default_to_square: false`; an int size is read as the
-        # shortest edge unless the config explicitly asks for a square.
-        if kwargs.pop("default_to_square", False) and isinstance(size, int):
-            size = {"height": size, "width": size}
-        kwargs.pop("image_processor_type", None)  # written by `to_dict`, not a setting
+    def __init__(self, **kwargs):
+        # The stock class checks settings only when called; a bad value in a config should fail when it loads.
+        settings = {key: value for key, value in kwargs.items() if key in self.valid_kwargs.__annotations__}
+        validate_typed_dict(self.valid_kwargs, settings)
         super().__init__(**kwargs)
-        self.do_resize = _check_flag(do_resize, "do_resize")
-        self.size = _standardize_size({"shortest_edge": 224} if size is None else size)
-        self.resample = _standardize_resample(resample)
-        self.do_center_crop = _check_flag(do_center_crop, "do_center_crop")
-        self.crop_size = _standardize_crop_size({"height": 224, "width": 224} if crop_size is None else crop_size)
-        self.do_rescale = _check_flag(do_rescale, "do_rescale")
-        self.rescale_factor = _check_rescale_factor(rescale_factor)
-        self.do_normalize = _check_flag(do_normalize, "do_normalize")
-        image_mean = OPENAI_CLIP_MEAN if image_mean is None else image_mean
-        image_std = OPENAI_CLIP_STD if image_std is None else image_std
-        self.image_mean = list(_standardize_channel_values(image_mean, "image_mean"))
-        self.image_std = list(_standardize_channel_values(image_std, "image_std"))
-        self.do_convert_rgb = _check_flag(do_convert_rgb, "do_convert_rgb")
-
-    def preprocess(
-        self,
-        images,
-        *,
-        do_resize: bool | None = None,
-        size: dict | int | None = None,
-        resample: PIL.Image.Resampling | int | None = None,
-        do_center_crop: bool | None = None,
-        crop_size: dict | int | Sequence[int] | None = None,
-        do_rescale: bool | None = None,
-        rescale_factor: float | None = None,
-        do_normalize: bool | None = None,
-        image_mean: float | Sequence[float] | None = None,
-        image_std: float | Sequence[float] | None = None,
-        do_convert_rgb: bool | None = None,
-        input_data_format: str | None = None,
-        return_tensors: str | None = None,
-    ) -> BatchFeature:
-        """
-        Turn one image or a batch of images into `pixel_values`.
-
-        Args:
-            images: a PIL image, a numpy array or torch tensor (`(H, W)`, `(C, H, W)` or `(H, W, C)`; 4-D means
-                a batch), a local file path, or a list of these (one level of nested lists is flattened).
-            do_resize, size, resample, do_center_crop, crop_size, do_rescale, rescale_factor, do_normalize,
-            image_mean, image_std, do_convert_rgb: override the processor's settings for this call.
-            input_data_format (`"channels_first"` or `"channels_last"`, *optional*): layout of array/tensor
-                inputs; inferred from the shape when not given.
-            return_tensors (`"pt"`, `"np"` or `None`): `"pt"` gives a float32 `torch.Tensor` of shape
-                `(batch, 3, H, W)`, `"np"` a numpy array of that shape, `None` a list of `(3, H, W)` arrays.
-
-        Returns:
-            `BatchFeature` with the single key `pixel_values`.
-        """
-        settings = self._settings_for_call(
-            input_data_format,
-            do_resize=do_resize,
-            size=size,
-            resample=resample,
-            do_center_crop=do_center_crop,
-            crop_size=crop_size,
-            do_rescale=do_rescale,
-            rescale_factor=rescale_factor,
-            do_normalize=do_normalize,
-            image_mean=image_mean,
-            image_std=image_std,
-            do_convert_rgb=do_convert_rgb,
-        )
-        _check_return_tensors(return_tensors)
-        pixel_values = [
-            _transform_image(_decode_image(image, settings, index), settings, index)
-            for index, image in enumerate(_flatten_images(images))
-        ]
-        return BatchFeature(data={"pixel_values": _batch(pixel_values, return_tensors)})
+        self._validate_preprocess_kwargs(**{name: getattr(self, name) for name in self._valid_kwargs_names})
 
     def fetch_images(self, image_url_or_urls):
-        """Open local image file paths (also inside lists); everything else is returned unchanged.
+        """Opens local image file paths (also inside lists) with `load_image_file`; other inputs pass unchanged.
 
-        Processors call this before `preprocess`. Unlike the transformers default it never downloads:
-        URLs raise a `ValueError`.
+        Processors call this before `preprocess`. Unlike the transformers default it never downloads: URLs raise
+        a `ValueError`.
         """
         if isinstance(image_url_or_urls, (list, tuple)):
             return [self.fetch_images(item) for item in image_url_or_urls]
         if isinstance(image_url_or_urls, (str, os.PathLike)):
-            return _open_image_file(image_url_or_urls, "images")
+            return _load_image_file(image_url_or_urls, "`images`")
         return image_url_or_urls
 
-    def _settings_for_call(self, input_data_format: str | None, **overrides) -> _Settings:
-        """Merge per-call overrides into the stored settings and validate the result."""
-        value = {name: getattr(self, name) if given is None else given for name, given in overrides.items()}
-        if input_data_format is not None and input_data_format not in _INPUT_DATA_FORMATS:
+    def _validate_preprocess_kwargs(self, size=None, crop_size=None, resample=None, rescale_factor=None,
+                                    image_std=None, return_tensors=None, **kwargs):
+        super()._validate_preprocess_kwargs(size=size, crop_size=crop_size, resample=resample,
+                                            rescale_factor=rescale_factor, image_std=image_std, **kwargs)
+        # Values the stock class accepts here and only fails on later (PIL resize) or turns into inf/0 pixels.
+        for name, value in (("size", size), ("crop_size", crop_size)):
+            if value is not None and any(side <= 0 for side in dict(value).values()):
+                raise ValueError(f"`{name}` must hold positive ints, got {dict(value)}.")
+        if isinstance(resample, int) and resample not in [member.value for member in PIL.Image.Resampling]:
+            names = ", ".join(f"{member.name}={member.value}" for member in PIL.Image.Resampling)
+            raise ValueError(f"`resample` must be a PIL resampling filter ({names}), got {resample!r}.")
+        if rescale_factor is not None and rescale_factor <= 0:
+            raise ValueError(f"`rescale_factor` must be a positive number, got {rescale_factor!r}.")
+        if image_std is not None and np.any(np.asarray(image_std) == 0):
+            raise ValueError(f"`image_std` must not contain zeros, got {image_std}.")
+        if return_tensors is not None and return_tensors not in ("pt", "np"):
             raise ValueError(
-                f"`input_data_format` must be one of {_INPUT_DATA_FORMATS} or None, got {input_data_format!r}."
+                f"`return_tensors` must be 'pt' (torch), 'np' (numpy) or None (list of arrays), got {return_tensors!r}."
             )
-        return _Settings(
-            do_convert_rgb=_check_flag(value["do_convert_rgb"], "do_convert_rgb"),
-            do_resize=_check_flag(value["do_resize"], "do_resize"),
-            size=_standardize_size(value["size"]),
-            resample=_standardize_resample(value["resample"]),
-            do_center_crop=_check_flag(value["do_center_crop"], "do_center_crop"),
-            crop_size=_standardize_crop_size(value["crop_size"]),
-            do_rescale=_check_flag(value["do_rescale"], "do_rescale"),
-            rescale_factor=_check_rescale_factor(value["rescale_factor"]),
-            do_normalize=_check_flag(value["do_normalize"], "do_normalize"),
-            image_mean=_standardize_channel_values(value["image_mean"], "image_mean"),
-            image_std=_standardize_channel_values(value["image_std"], "image_std"),
-            input_data_format=None if input_data_format is None else str(input_data_format),
-        )
+
+    def _prepare_image_like_inputs(self, images, *args, expected_ndims: int = 3, **kwargs):
+        # Each input is checked and brought to a form the PIL backend reads as stock does, one by one so that
+        # every error names the input it is about.
+        prepared = []
+        for index, image in enumerate(_flatten(images)):
+            name = f"`images[{index}]`"
+            image = _supported_image(image, name, kwargs)
+            with _naming_errors(name):
+                prepared += super()._prepare_image_like_inputs([image], *args, expected_ndims=expected_ndims, **kwargs)
+        return prepared
+
+    def _preprocess(self, images, *args, return_tensors=None, do_pad=None, pad_size=None, **kwargs) -> BatchFeature:
+        pixel_values = []
+        for index, image in enumerate(images):
+            with _naming_errors(f"`images[{index}]`"):
+                batch = super()._preprocess([image], *args, return_tensors=None, do_pad=False, pad_size=None, **kwargs)
+            pixel_values += batch["pixel_values"]
+        if do_pad:
+            pixel_values = self.pad(pixel_values, pad_size=pad_size)
+        pixel_values = [array.astype(np.float32, copy=False) for array in pixel_values]
+        shapes = sorted({array.shape for array in pixel_values})
+        if return_tensors is not None and len(shapes) > 1:
+            raise ValueError(
+                f"`return_tensors={return_tensors!r}` needs every image to come out the same size, got {shapes}; "
+                "enable do_center_crop, use size={'height': h, 'width': w}, or pass return_tensors=None for a list."
+            )
+        return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=return_tensors)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Settings validation
+def scale_to_8_bit(image: PIL.Image.Image, name: str = "image") -> PIL.Image.Image:
+    """An 8-bit (`"L"`) copy of a 16- or 32-bit single-channel PIL image; other images are returned unchanged.
+
+    PIL's conversion to RGB clips such images at 255, which turns most 16-bit images white. Instead:
+
+    - 16-bit modes (`I;16`, `I;16L`, `I;16B`, `I;16N`): `value >> 8`, the high byte. This is how Pillow reads
+      16-bit RGB PNGs, torchvision's `to_dtype` and scikit-image's `img_as_ubyte` convert 16-bit data, so a
+      16-bit gray PNG and a 16-bit RGB PNG of the same picture give the same pixels, and an 8-bit value `v`
+      stored as 16 bits (`v * 257` or `v << 8`) comes back as `v`.
+    - 32-bit modes (`I` integers, `F` floats) do not say their range, so the smallest usual range that holds
+      every value is taken: [0, 1] (`F` only: `value * 255`, truncated, as transformers quantizes floats in
+      [0, 1]), [0, 255] (8-bit values: unchanged, PIL's own conversion), [0, 65535] (16-bit values, as Pillow
+      opens some 16-bit files: `value / 256`, truncated, the same as `>> 8`). Negative, larger or non-finite
+      values raise a `ValueError` naming `name`: scale such images yourself.
+    """
+    if image.mode not in _SIXTEEN_BIT_MODES and image.mode not in ("I", "F"):
+        return image
+    values = np.asarray(image)
+    if image.mode in _SIXTEEN_BIT_MODES:
+        full_scale = 65535
+    else:
+        finite = values.size == 0 or np.isfinite(values).all()
+        low, high = (values.min(), values.max()) if values.size else (0, 0)
+        ranges = (1, 255, 65535) if image.mode == "F" else (255, 65535)
+        full_scale = next((top for top in ranges if finite and low >= 0 and high <= top), None)
+        if full_scale is None:
+            raise ValueError(
+                f"{name}: a mode {image.mode!r} image with values in [{low}, {high}] has no usual pixel range; "
+                "expected values in [0, 255] or [0, 65535] (or [0, 1] for mode 'F'). Scale it to 8 bits first."
+            )
+        if full_scale == 255:
+            return image
+    eight_bit = values // 256 if full_scale == 65535 else values * 255
+    return PIL.Image.fromarray(eight_bit.astype(np.uint8))
 
 
-def _check_flag(value, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"`{name}` must be True or False, got {value!r}.")
-    return bool(value)
+def load_image_file(path) -> PIL.Image.Image:
+    """Opens a local image file as an RGB PIL image, the way `DualClipImageProcessor` reads file paths.
+
+    Like transformers' `load_image`: turned upright by its EXIF orientation and converted with `convert("RGB")`
+    (transparency is dropped, not composited); 16-bit images are first scaled with `scale_to_8_bit`. Never
+    downloads. Raises `ValueError` naming the path for a URL, a missing file, or a file PIL cannot decode.
+    """
+    return _load_image_file(path, None)
 
 
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-    return int(value)
-
-
-def _standardize_size(size) -> dict:
-    """`{"shortest_edge": n}` or `{"height": h, "width": w}`; an int is a shortest edge."""
-    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
-        return {"shortest_edge": _positive_int(size, "size")}
-    if isinstance(size, Mapping):
-        if set(size) == {"shortest_edge"}:
-            return {"shortest_edge": _positive_int(size["shortest_edge"], "size['shortest_edge']")}
-        if set(size) == {"height", "width"}:
-            return {
-                "height": _positive_int(size["height"], "size['height']"),
-                "width": _positive_int(size["width"], "size['width']"),
-            }
-    raise ValueError(f"`size` must be {_SUPPORTED_SIZES} or an int (shortest edge), got {size!r}.")
-
-
-def _standardize_crop_size(crop_size) -> dict:
-    """`{"height": h, "width": w}`; an int is a square, a pair is `(height, width)`."""
-    if isinstance(crop_size, (int, np.integer)) and not isinstance(crop_size, bool):
-        side = _positive_int(crop_size, "crop_size")
-        return {"height": side, "width": side}
-    if isinstance(crop_size, Sequence) and not isinstance(crop_size, str) and len(crop_size) == 2:
-        crop_size = {"height": crop_size[0], "width": crop_size[1]}
-    if isinstance(crop_size, Mapping) and set(crop_size) == {"height", "width"}:
-        return {
-            "height": _positive_int(crop_size["height"], "crop_size['height']"),
-            "width": _positive_int(crop_size["width"], "crop_size['width']"),
-        }
-    raise ValueError(
-        f'`crop_size` must be {{"height": int, "width": int}}, an int or a (height, width) pair, got {crop_size!r}.'
-    )
-
-
-def _standardize_resample(resample) -> PIL.Image.Resampling:
-    try:
-        if isinstance(resample, bool):
-            raise ValueError
-        return PIL.Image.Resampling(resample)
-    except (ValueError, TypeError):
-        names = ", ".join(f"{member.name}={member.value}" for member in PIL.Image.Resampling)
-        raise ValueError(f"`resample` must be a PIL resampling filter ({names}), got {resample!r}.") from None
-
-
-def _check_rescale_factor(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not np.isfinite(value) or value <= 0:
-        raise ValueError(f"`rescale_factor` must be a positive number, got {value!r}.")
-    return float(value)
-
-
-def _standardize_channel_values(values, name: str) -> tuple:
-    """A tuple of finite floats, one per channel or a single one for all channels."""
-    if isinstance(values, Real) and not isinstance(values, bool):
-        values = (values,)
-    if (
-        isinstance(values, (Sequence, np.ndarray))
-        and not isinstance(values, str)
-        and len(values) > 0
-        and all(isinstance(v, Real) and not isinstance(v, bool) and np.isfinite(v) for v in values)
-    ):
-        values = tuple(float(v) for v in values)
-        if name == "image_std" and any(v == 0 for v in values):
-            raise ValueError(f"`image_std` must not contain zeros, got {values}.")
-        return values
-    raise ValueError(f"`{name}` must be a number or a sequence of numbers, one per channel, got {values!r}.")
-
-
-def _check_return_tensors(return_tensors) -> None:
-    if return_tensors is not None and return_tensors not in _RETURN_TENSORS:
+def _load_image_file(path, name: str | None) -> PIL.Image.Image:
+    text = os.fsdecode(os.fspath(path))
+    prefix = f"{name}: {text!r}" if name else repr(text)
+    if text.startswith(("http://", "https://")):
         raise ValueError(
-            f"`return_tensors` must be 'pt' (torch), 'np' (numpy) or None (list of arrays), got {return_tensors!r}."
+            f"{prefix} is a URL; dualclip never downloads. Fetch the image yourself and pass it as a PIL image or "
+            "array."
         )
+    if not os.path.isfile(text):
+        raise ValueError(f"{prefix} is not an existing image file.")
+    try:
+        with PIL.Image.open(text) as file:
+            file.load()
+            image = PIL.ImageOps.exif_transpose(file)
+    except _DECODE_ERRORS as error:
+        raise ValueError(f"{prefix} is not an image file PIL can read ({error}).") from None
+    return scale_to_8_bit(image, prefix).convert("RGB")
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Input structure and decoding
+# Checking and converting inputs
+
+
+@contextlib.contextmanager
+def _naming_errors(name: str):
+    """Prefixes `name` to a `ValueError` raised inside: transformers' own messages do not say which image failed."""
+    try:
+        yield
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from error
 
 
 def _describe(image) -> str:
@@ -320,15 +220,13 @@ def _is_array(image) -> bool:
     return isinstance(image, (np.ndarray, torch.Tensor))
 
 
-def _flatten_images(images) -> list:
+def _flatten(images) -> list:
     """A flat list of single images: a list (one level of nesting allowed), a 4-D batch or one image."""
     expected = "a PIL image, a numpy array, a torch tensor, a local file path, or a list of them"
     if images is None:
         raise ValueError(f"`images` is None; expected {expected}.")
     if isinstance(images, (list, tuple)):
-        flat = []
-        for item in images:
-            flat.extend(item if isinstance(item, (list, tuple)) else [item])
+        flat = [image for item in images for image in (item if isinstance(item, (list, tuple)) else [item])]
         if not flat:
             raise ValueError(f"`images` is empty; expected {expected}.")
         for index, item in enumerate(flat):
@@ -338,81 +236,47 @@ def _flatten_images(images) -> list:
                     "2-D (H, W) or 3-D (C, H, W) / (H, W, C). Pass a batch as one 4-D array, not a list of them."
                 )
         return flat
-    if _is_array(images):
-        if images.ndim == 4:
-            if images.shape[0] == 0:
-                raise ValueError(f"`images` is an empty batch ({_describe(images)}).")
-            return list(images)
-        if images.ndim not in (2, 3):
-            raise ValueError(
-                f"`images` is a {images.ndim}-D {_describe(images)}; expected 2-D (H, W), 3-D (C, H, W) or "
-                "(H, W, C), or 4-D (a batch)."
-            )
+    if _is_array(images) and images.ndim == 4:
+        if images.shape[0] == 0:
+            raise ValueError(f"`images` is an empty batch ({_describe(images)}).")
+        return list(images)
+    if _is_array(images) and images.ndim not in (2, 3):
+        raise ValueError(
+            f"`images` is a {images.ndim}-D {_describe(images)}; expected 2-D (H, W), 3-D (C, H, W) or (H, W, C), "
+            "or 4-D (a batch)."
+        )
     return [images]
 
 
-def _open_image_file(path, name: str) -> PIL.Image.Image:
-    """Open a local image file the way transformers' `load_image` does, without any network access."""
-    text = os.fspath(path)
-    if isinstance(text, str) and text.startswith(("http://", "https://")):
-        raise ValueError(
-            f"`{name}`: {text!r} is a URL; dualclip never downloads. Fetch the image yourself and pass it as a "
-            "PIL image or array."
-        )
-    if not os.path.isfile(text):
-        raise ValueError(
-            f"`{name}`: {text!r} is not an existing image file (text goes to the `text` argument of a processor)."
-        )
-    with PIL.Image.open(text) as image:
-        return PIL.ImageOps.exif_transpose(image).convert("RGB")
-
-
-def _decode_image(image, settings: _Settings, index: int) -> np.ndarray:
-    """One input image as a channels-first numpy array (RGB when `do_convert_rgb`)."""
-    name = f"images[{index}]"
+def _supported_image(image, name: str, settings: dict):
+    """`image` as a PIL image or a 3-D numpy array the PIL backend reads as stock does, or an error naming it."""
     if isinstance(image, (str, os.PathLike)):
-        image = _open_image_file(image, name)
+        image = _load_image_file(image, name)
     if isinstance(image, PIL.Image.Image):
-        array = _pil_to_channels_first(image, settings.do_convert_rgb, name)
-    elif _is_array(image):
-        array = _array_to_channels_first(_as_numpy(image, name), settings.input_data_format, name)
-        if settings.do_convert_rgb:
-            array = _channels_first_to_rgb(array, name)
-    else:
+        if image.width == 0 or image.height == 0:
+            raise ValueError(f"{name} is empty: height x width = {image.height} x {image.width}.")
+        return scale_to_8_bit(image, name)
+    if not _is_array(image):
         raise TypeError(
-            f"`{name}` is a {_describe(image)}; expected a PIL image, a numpy array, a torch tensor or a local "
-            "file path."
+            f"{name} is a {_describe(image)}; expected a PIL image, a numpy array, a torch tensor or a local file path."
         )
-    if array.shape[1] == 0 or array.shape[2] == 0:
-        raise ValueError(f"`{name}` is empty: height x width = {array.shape[1]} x {array.shape[2]}.")
-    return array
-
-
-def _pil_to_channels_first(image: PIL.Image.Image, convert_rgb: bool, name: str) -> np.ndarray:
-    if convert_rgb:
-        _warn_if_clipped_by_rgb_conversion(image, name)
-        image = _pil_to_rgb(image)
-    array = np.asarray(image)
-    if array.dtype == np.bool_:
-        array = array.astype(np.uint8)
-    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-
-
-def _pil_to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
-    """RGB copy of a PIL image; any transparency is composited onto white."""
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
-        rgba = image.convert("RGBA")
-        white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return PIL.Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def _warn_if_clipped_by_rgb_conversion(image: PIL.Image.Image, name: str) -> None:
-    if image.mode in _HIGH_BIT_DEPTH_MODES and image.width and image.height and image.getextrema()[1] > 255:
+    array = _as_numpy(image, name)
+    layout = settings.get("input_data_format")
+    if layout is not None and layout not in (ChannelDimension.FIRST, ChannelDimension.LAST):
+        raise ValueError(
+            f"`input_data_format` must be one of ('channels_first', 'channels_last') or None, got {layout!r}."
+        )
+    if array.ndim == 2:
+        array = array[..., None] if layout == ChannelDimension.LAST else array[None]
+    _check_channels(array, layout, name)
+    if 0 in array.shape:
+        raise ValueError(f"{name} is empty ({_describe(array)}).")
+    if settings.get("do_rescale") and np.issubdtype(array.dtype, np.floating) and array.min() >= 0 and array.max() <= 1:
         logger.warning_once(
-            f"`{name}`: a {image.mode!r} image has values above 255; converting it to RGB clips them to 255 "
-            "(as OpenAI CLIP and transformers do). Scale it to 8 bits first to keep its contrast."
+            "`images`: floating-point pixels in [0, 1] look already rescaled, but do_rescale=True scales them by "
+            "rescale_factor again. Pass do_rescale=False for such inputs."
         )
+    return array
 
 
 def _as_numpy(image, name: str) -> np.ndarray:
@@ -424,184 +288,24 @@ def _as_numpy(image, name: str) -> np.ndarray:
     if image.dtype == np.bool_:
         return image.astype(np.uint8)
     if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
-        raise TypeError(f"`{name}` has dtype {image.dtype}; expected integer or floating-point pixels.")
+        raise TypeError(f"{name} has dtype {image.dtype}; expected integer or floating-point pixels.")
     return image
 
 
-def _array_to_channels_first(array: np.ndarray, input_data_format: str | None, name: str) -> np.ndarray:
-    if array.ndim == 2:
-        return array[None]
-    layout = input_data_format or _infer_layout(array.shape, name)
-    channels_first = array if layout == "channels_first" else array.transpose(2, 0, 1)
-    if channels_first.shape[0] not in _CHANNEL_COUNTS:
+def _check_channels(array: np.ndarray, layout, name: str) -> None:
+    if layout is None:
+        if array.shape[0] not in _CHANNEL_COUNTS and array.shape[-1] not in _CHANNEL_COUNTS:
+            raise ValueError(
+                f"{name} has shape {array.shape}: neither the first nor the last axis has 1, 3 or 4 channels. "
+                "Expected (C, H, W) or (H, W, C) with C in 1, 3, 4."
+            )
+        return
+    channels = array.shape[0 if layout == ChannelDimension.FIRST else -1]
+    if channels not in _CHANNEL_COUNTS:
         raise ValueError(
-            f"`{name}` has {channels_first.shape[0]} channels in {layout} layout (shape {array.shape}); "
+            f"{name} has {channels} channels in {ChannelDimension(layout).value} layout (shape {array.shape}); "
             "expected 1, 3 or 4."
         )
-    return channels_first
 
 
-def _infer_layout(shape: tuple, name: str) -> str:
-    first, last = shape[0] in _CHANNEL_COUNTS, shape[-1] in _CHANNEL_COUNTS
-    if first and last:
-        logger.warning_once(
-            f"`{name}`: shape {shape} could be channels-first or channels-last; assuming channels-first. "
-            "Pass input_data_format to choose."
-        )
-    if first:
-        return "channels_first"
-    if last:
-        return "channels_last"
-    raise ValueError(
-        f"`{name}` has shape {shape}: neither the first nor the last axis has 1, 3 or 4 channels. "
-        "Expected (C, H, W) or (H, W, C) with C in 1, 3, 4."
-    )
-
-
-def _channels_first_to_rgb(array: np.ndarray, name: str) -> np.ndarray:
-    """Grayscale is repeated to three channels; RGBA is composited onto white."""
-    if array.shape[0] == 1:
-        return np.repeat(array, 3, axis=0)
-    if array.shape[0] == 4:
-        return _composite_onto_white(array, name)
-    return array
-
-
-def _composite_onto_white(rgba: np.ndarray, name: str) -> np.ndarray:
-    if np.issubdtype(rgba.dtype, np.floating):
-        if rgba.min() < 0 or rgba.max() > 1:
-            raise ValueError(
-                f"`{name}`: floating-point RGBA pixels must lie in [0, 1], got [{rgba.min()}, {rgba.max()}]."
-            )
-        white = 1.0
-    else:
-        white = 255
-    alpha = rgba[3:4] / white
-    composite = alpha * rgba[:3] + (1 - alpha) * white
-    if white == 255:
-        composite = np.round(composite)
-    return composite.astype(rgba.dtype)
-
-
-def _looks_already_rescaled(array: np.ndarray) -> bool:
-    return np.issubdtype(array.dtype, np.floating) and array.min() >= 0 and array.max() <= 1
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Pipeline steps
-
-
-def _transform_image(array: np.ndarray, settings: _Settings, index: int) -> np.ndarray:
-    """Resize, crop, rescale and normalize one channels-first image; returns float32 (C, H, W)."""
-    if settings.do_rescale and _looks_already_rescaled(array):
-        logger.warning_once(
-            "`images`: floating-point pixels in [0, 1] look already rescaled, but do_rescale=True scales them "
-            "by rescale_factor again. Pass do_rescale=False for such inputs."
-        )
-    if settings.do_resize:
-        height, width = _resized_height_width(array.shape[1], array.shape[2], settings.size)
-        array = _resize(array, height, width, settings.resample, f"images[{index}]")
-    if settings.do_center_crop:
-        array = _center_crop(array, settings.crop_size["height"], settings.crop_size["width"])
-    if settings.do_rescale:
-        array = _rescale(array, settings.rescale_factor)
-    if settings.do_normalize:
-        array = _normalize(array, settings.image_mean, settings.image_std, f"images[{index}]")
-    return array.astype(np.float32, copy=False)
-
-
-def _resized_height_width(height: int, width: int, size: dict) -> tuple[int, int]:
-    if "shortest_edge" not in size:
-        return size["height"], size["width"]
-    shortest = size["shortest_edge"]
-    if width <= height:
-        return int(shortest * height / width), shortest
-    return shortest, int(shortest * width / height)
-
-
-def _resize(array: np.ndarray, height: int, width: int, resample: PIL.Image.Resampling, name: str) -> np.ndarray:
-    pixels, from_unit_range = _to_uint8_for_pil(array, name)
-    channels_last = pixels.transpose(1, 2, 0)
-    if channels_last.shape[2] == 1:
-        channels_last = channels_last[:, :, 0]
-    resized = np.asarray(PIL.Image.fromarray(channels_last).resize((width, height), resample=resample))
-    resized = resized[None] if resized.ndim == 2 else resized.transpose(2, 0, 1)
-    if from_unit_range:
-        return _rescale(resized, 1 / 255)
-    return resized
-
-
-def _to_uint8_for_pil(array: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
-    """8-bit pixels for PIL, and whether they were scaled up from [0, 1] (and must be scaled back)."""
-    if array.dtype == np.uint8:
-        return array, False
-    # Tolerance and truncation follow transformers' `to_pil_image`, so [0, 1] floats quantize identically.
-    if np.allclose(array, np.trunc(array)):
-        if array.min() < 0 or array.max() > 255:
-            raise ValueError(
-                f"`{name}`: whole-number pixels must lie in [0, 255], got [{array.min()}, {array.max()}]."
-            )
-        return array.astype(np.uint8), False
-    if array.min() < 0 or array.max() > 1:
-        raise ValueError(
-            f"`{name}`: fractional pixels must lie in [0, 1] (or be whole numbers in [0, 255]), got "
-            f"[{array.min()}, {array.max()}]."
-        )
-    return (array.astype(np.float64) * 255).astype(np.float32).astype(np.uint8), True
-
-
-def _center_crop(array: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Centre crop to (height, width); a side smaller than the crop is centred in zeros instead."""
-    src_top, dst_top, rows = _centred_span(array.shape[1], height)
-    src_left, dst_left, cols = _centred_span(array.shape[2], width)
-    cropped = np.zeros((array.shape[0], height, width), dtype=array.dtype)
-    cropped[:, dst_top : dst_top + rows, dst_left : dst_left + cols] = array[
-        :, src_top : src_top + rows, src_left : src_left + cols
-    ]
-    return cropped
-
-
-def _centred_span(length: int, target: int) -> tuple[int, int, int]:
-    """(source start, destination start, count) that centre `length` pixels on `target` pixels."""
-    if length >= target:
-        return (length - target) // 2, 0, target
-    return 0, (target - length + 1) // 2, length
-
-
-def _rescale(array: np.ndarray, factor: float) -> np.ndarray:
-    return (array.astype(np.float64) * factor).astype(np.float32)
-
-
-def _normalize(array: np.ndarray, mean: tuple, std: tuple, name: str) -> np.ndarray:
-    channels = array.shape[0]
-    mean = _per_channel(mean, channels, "image_mean", name)
-    std = _per_channel(std, channels, "image_std", name)
-    return (array.astype(np.float32, copy=False) - mean) / std
-
-
-def _per_channel(values: tuple, channels: int, setting: str, name: str) -> np.ndarray:
-    if len(values) == 1:
-        values = values * channels
-    if len(values) != channels:
-        raise ValueError(
-            f"`{name}` has {channels} channels but `{setting}` has {len(values)} values; pass do_convert_rgb=True "
-            f"for RGB output or give one {setting} value per channel."
-        )
-    return np.asarray(values, dtype=np.float32)[:, None, None]
-
-
-def _batch(pixel_values: list[np.ndarray], return_tensors: str | None):
-    if return_tensors is None:
-        return pixel_values
-    shapes = {array.shape for array in pixel_values}
-    if len(shapes) > 1:
-        raise ValueError(
-            f"`return_tensors={return_tensors!r}` needs every image to come out the same size, got "
-            f"{sorted(shapes)}; enable do_center_crop, use size={{'height': h, 'width': w}}, or pass "
-            "return_tensors=None for a list."
-        )
-    stacked = np.stack(pixel_values)
-    return torch.from_numpy(stacked) if return_tensors == "pt" else stacked
-
-
-__all__ = ["DualClipImageProcessor", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD"]
+__all__ = ["DualClipImageProcessor", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD", "load_image_file", "scale_to_8_bit"]
