@@ -64,6 +64,7 @@ class JobModel:
     dtype: torch.dtype
     is_tiny: bool
     identity: dict = field(default_factory=dict)
+    warned: bool = False
 
     @property
     def dim(self) -> int:
@@ -150,14 +151,11 @@ def load_job_model(name: str | None = None, device: str | None = None, dtype: st
     return JobModel(name, model, _load_processor(name), torch_device, torch_dtype, is_tiny, identity)
 
 
-_warned = set()
-
-
 def warn_if_not_digits(job_model: JobModel, image_size: tuple[int, int] | None) -> None:
-    """Once per process: the embedded model only knows 8x8 handwritten digits; say so when the data is not that."""
-    if not job_model.is_tiny or image_size is None or tuple(image_size) == (8, 8) or "digits" in _warned:
+    """Once per job: the embedded model only knows 8x8 handwritten digits; say so when the data is not that."""
+    if not job_model.is_tiny or image_size is None or tuple(image_size) == (8, 8) or job_model.warned:
         return
-    _warned.add("digits")
+    job_model.warned = True
     width, height = image_size
     print(
         f"warning: the embedded tiny model was trained only on 8x8 handwritten digits, and these images are "
