@@ -73,10 +73,8 @@ def choose_index(count: int, dim: int, max_memory: int, index_type: str = "auto"
                      f"to {dim // 64 or 1} bytes each; raise --max-memory")
 
 
-def embedding_shards(folder: str, modality: str):
-    """`(ids, vectors)` per shard of a finished embedding folder, vectors as float32."""
-    import pyarrow.parquet as pq
-
+def _finished(folder: str, modality: str):
+    """The manifest and output folder of a finished `dualclip embed` folder that holds `modality` embeddings."""
     from .output import OutputFolder
 
     manifest = read_manifest(folder)
@@ -89,6 +87,14 @@ def embedding_shards(folder: str, modality: str):
     if unfinished:
         raise ValueError(f"{folder} is not finished: {len(unfinished)} of {manifest['shards']} shards still to do; "
                          "rerun the same `dualclip embed` command first")
+    return manifest, output
+
+
+def embedding_shards(folder: str, modality: str):
+    """`(ids, vectors)` per shard of a finished embedding folder, vectors as float32."""
+    import pyarrow.parquet as pq
+
+    manifest, output = _finished(folder, modality)
     for shard in range(manifest["shards"]):
         ids = pq.read_table(output.file(shard, "parquet"), columns=["id"])["id"].to_numpy()
         vectors = np.load(output.file(shard, f"{modality}.npy")).astype(np.float32)
@@ -96,14 +102,8 @@ def embedding_shards(folder: str, modality: str):
 
 
 def _count(folder: str, modality: str) -> tuple[int, int]:
-    manifest = read_manifest(folder)
-    from .output import OutputFolder
-
-    output = OutputFolder(folder, manifest["shards"])
-    total = 0
-    for shard in range(manifest["shards"]):
-        if output.is_done(shard):
-            total += output.done_record(shard)["rows"]
+    manifest, output = _finished(folder, modality)
+    total = sum(output.done_record(shard)["rows"] for shard in range(manifest["shards"]))
     return total, manifest["model"]["projection_dim"]
 
 
@@ -135,6 +135,8 @@ def build_index(embeddings, output=None, *, modality: str | None = None, max_mem
     plan = choose_index(count, dim, parse_size(max_memory), index_type)
     start = time.perf_counter()
     index = faiss.index_factory(dim, plan["factory"], faiss.METRIC_INNER_PRODUCT)
+    if hasattr(index, "do_polysemous_training"):
+        index.do_polysemous_training = False  # on by default from index_factory; 20x the training time, unused here
     if not index.is_trained:
         train = _training_sample(folder, modality, count, max(256 * 64, plan["nlist"] * 64))
         index.train(train)
