@@ -16,6 +16,9 @@
     # LiT: lock the image tower (and its projection), train the text side
     python examples/finetune_trainer.py --freeze vision --output-dir out
 
+An image that cannot be read (truncated, empty, not an image) is skipped and counted by the collator, and the count
+is printed and added to `log_history.json`, so one bad file does not end a run mid-epoch.
+
 `--multi_gpu` is what makes `accelerate launch` start one process per device through torchrun; on a machine without
 CUDA the script passes `use_cpu=True` to the `Trainer`, which then joins the processes with gloo
 (`torchrun --nproc_per_node 2 examples/finetune_trainer.py ...` works the same). The output folder holds the model
@@ -124,15 +127,17 @@ def main(argv=None) -> Trainer:
         seed=args.seed,
         disable_tqdm=True,
     )
-    trainer = Trainer(
-        model=model, args=training_args, train_dataset=dataset, data_collator=DualClipDataCollator(processor)
-    )
+    # Unreadable images (truncated, empty, not an image) are left out of their batch and counted, not fatal.
+    collator = DualClipDataCollator(processor)
+    trainer = Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator)
     trainer.train()
+    if collator.skipped_images:
+        print(f"skipped {collator.skipped_images} unreadable images (process {training_args.process_index})")
     trainer.save_model(args.output_dir)
     if trainer.is_world_process_zero():
         processor.save_pretrained(args.output_dir)
         with open(os.path.join(args.output_dir, "log_history.json"), "w") as file:
-            json.dump(trainer.state.log_history, file, indent=1)
+            json.dump(trainer.state.log_history + [{"skipped_images": collator.skipped_images}], file, indent=1)
     return trainer
 
 

@@ -19,11 +19,15 @@ global batch.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 __all__ = ["DualClipDataCollator", "freeze_tower", "TOWERS"]
 
@@ -53,15 +57,27 @@ class DualClipDataCollator:
         text_keys (`tuple[str, ...]`, defaults to `("caption", "text")`): keys tried, in order, for the caption.
         max_length (`int`, *optional*): captions are truncated to this many tokens (EOS kept last); defaults to the
             tokenizer's `model_max_length` (77 for CLIP).
+        skip_bad_images (`bool`, defaults to `True`): an image file (path or bytes) or lazily opened PIL image that
+            cannot be decoded (missing, empty, truncated, not an image) is left out of the batch with a warning and
+            counted in `skipped_images`, as OpenCLIP's data pipeline does, instead of ending the run. A batch
+            whose images are all unreadable raises `ValueError`. With DataLoader workers each worker process counts
+            its own. `False`: the processor's error ends the run.
+
+    Attributes:
+        skipped_images (`int`): images skipped so far by this collator (in this process).
     """
 
     processor: Any
     image_key: str = "image"
     text_keys: tuple[str, ...] = ("caption", "text")
     max_length: int | None = None
+    skip_bad_images: bool = True
+    skipped_images: int = field(default=0, init=False)
 
     def __call__(self, examples: Sequence[Mapping | tuple]) -> dict:
         images, captions = self._split(examples)
+        if self.skip_bad_images:
+            images, captions = self._drop_unreadable(images, captions)
         batch = self.processor(
             text=captions,
             images=images,
@@ -81,6 +97,30 @@ class DualClipDataCollator:
             "pixel_values": batch["pixel_values"],
             "return_loss": True,
         }
+
+    def _drop_unreadable(self, images: list, captions: list[str]) -> tuple[list, list[str]]:
+        import PIL.Image
+
+        from .jobs.decoding import load_image
+
+        kept_images, kept_captions, reasons = [], [], []
+        for image, caption in zip(images, captions):
+            if isinstance(image, (str, os.PathLike, bytes, bytearray, PIL.Image.Image)):
+                decoded, reason = load_image(image)
+                if reason is not None:
+                    self.skipped_images += 1
+                    name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else type(image).__name__
+                    logger.warning(f"skipped an unreadable training image ({reason}): {name}; "
+                                   f"{self.skipped_images} skipped so far")
+                    reasons.append(f"{name}: {reason}")
+                    continue
+                if not isinstance(image, PIL.Image.Image):  # a PIL image given is kept as given, now decoded
+                    image = decoded
+            kept_images.append(image)
+            kept_captions.append(caption)
+        if not kept_images:
+            raise ValueError(f"every image of this batch is unreadable: {'; '.join(reasons)}")
+        return kept_images, kept_captions
 
     def _split(self, examples) -> tuple[list, list[str]]:
         if isinstance(examples, Mapping):
