@@ -1,5 +1,6 @@
 """`dualclip demo`, `classify` and `embed`: output, errors, and `demo` from a fresh offline install of the wheel."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -87,6 +88,96 @@ def test_bad_input_is_a_clean_error(capsys, digit_files, tmp_path, argv, message
     code, out, err = run_cli(capsys, *argv)
     assert code == 2
     assert message in err and err.startswith(f"dualclip {argv[0]}: error:") and "Traceback" not in err
+
+
+def test_classify_reads_16_bit_pngs_as_their_8_bit_pictures(capsys, digit_files, tmp_path):
+    eight_bit = digit_files[0][:3]
+    sixteen_bit = []
+    for index, path in enumerate(eight_bit):
+        sixteen = tmp_path / f"digit{index}-16bit.png"
+        PIL.Image.fromarray(np.asarray(PIL.Image.open(path)).astype(np.uint16) * 257).save(sixteen)
+        sixteen_bit.append(str(sixteen))
+    outputs = []
+    for paths in (eight_bit, sixteen_bit):
+        code, out, _ = run_cli(capsys, "classify", *paths, "--labels", *DIGIT_NAMES, "--template", DIGIT_TEMPLATE)
+        assert code == 0
+        outputs.append([row.split()[1:] for row in out.splitlines()[1:]])
+    assert outputs[0] == outputs[1]
+
+
+def _rewrite_json(path, **changes):
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def _truncate(path, size):
+    with open(path, "r+b") as file:
+        file.truncate(size)
+
+
+DAMAGED_MODEL_FILES = {  # file in the model folder, and what is done to it
+    "config.json not JSON": ("config.json", lambda path: path.write_text("{garbage")),
+    "config.json empty": ("config.json", lambda path: path.write_text("")),
+    "config.json a JSON list": ("config.json", lambda path: path.write_text("[1, 2]")),
+    "config.json of another model": ("config.json", lambda path: path.write_text('{"model_type": "bert"}')),
+    "config.json with a wrong field": ("config.json", lambda path: _rewrite_json(path, vision_config=5)),
+    "model.safetensors truncated": ("model.safetensors", lambda path: _truncate(path, path.stat().st_size // 2)),
+    "model.safetensors header cut": ("model.safetensors", lambda path: _truncate(path, 20)),
+}
+
+
+def _damaged_model(tmp_path, case):
+    name, damage = DAMAGED_MODEL_FILES[case]
+    folder = tmp_path / "damaged-model"
+    shutil.copytree(TINY_MODEL_PATH, folder)
+    damage(folder / name)
+    return folder, folder / name
+
+
+def assert_one_error_line(code, err, command, names):
+    lines = err.splitlines()
+    assert code == 2, err
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"dualclip {command}: error: ") and str(names) in lines[0], err
+
+
+@pytest.mark.parametrize("case", list(DAMAGED_MODEL_FILES))
+def test_damaged_model_folder_is_one_error_line_naming_the_file(capfd, digit_files, tmp_path, monkeypatch, case):
+    folder, damaged = _damaged_model(tmp_path, case)
+    code = main(["classify", digit_files[0][0], "--labels", "a", "b", "--model", str(folder)])
+    assert_one_error_line(code, capfd.readouterr().err, "classify", damaged)
+
+    monkeypatch.setattr("dualclip.tiny_model.TINY_MODEL_PATH", str(folder))  # demo always uses the tiny model
+    assert_one_error_line(main(["demo"]), capfd.readouterr().err, "demo", damaged)
+
+
+def test_corrupt_image_files_are_one_error_line_naming_the_file(capfd, tmp_path):
+    good = tmp_path / "good.png"
+    PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(good)
+    truncated, garbage = tmp_path / "truncated.png", tmp_path / "garbage.jpg"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size * 2 // 3])  # header intact, pixel data cut
+    garbage.write_bytes(b"\xff\xd8 not really a JPEG")
+    for path in (truncated, garbage):
+        code = main(["classify", str(good), str(path), "--labels", "a", "b"])
+        err = capfd.readouterr().err
+        assert_one_error_line(code, err, "classify", path)
+        assert "is not an image file PIL can read" in err
+
+
+@pytest.mark.parametrize("case", ["corrupt image", "config.json not JSON", "model.safetensors truncated"])
+def test_errors_from_the_installed_command_are_one_line(digit_files, tmp_path, case):
+    """The real process: nothing else on stderr (no logging, no traceback), exit code 2."""
+    image, model, named = digit_files[0][0], None, None
+    if case == "corrupt image":
+        image = named = tmp_path / "corrupt.png"
+        named.write_bytes(Path(digit_files[0][0]).read_bytes()[:40])
+    else:
+        model, named = _damaged_model(tmp_path, case)
+    argv = [sys.executable, "-m", "dualclip.cli", "classify", str(image), "--labels", "a", "b"]
+    argv += ["--model", str(model)] if model else []
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert_one_error_line(result.returncode, result.stderr, "classify", named)
+    assert result.stdout == ""
 
 
 def test_embed_text_and_images_to_npy(capsys, digit_files, tmp_path):

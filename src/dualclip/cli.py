@@ -40,12 +40,19 @@ def build_parser(argv) -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Runs one subcommand. Bad input (a missing or unreadable file, a damaged model folder, a wrong option value)
+    is reported as one line, `dualclip COMMAND: error: ...`, with exit code 2, never a traceback."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
     try:
+        if isinstance(getattr(args, "model", None), str):  # every command that takes --model FOLDER
+            from .commands._common import check_model_folder
+
+            check_model_folder(args.model)
         return args.run(args) or 0
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"dualclip {args.command}: error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:
+        message = " ".join(str(error).split())  # one line, also for multi-line messages from libraries
+        print(f"dualclip {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -1,6 +1,14 @@
 """`dualclip classify IMAGE... --labels A B C`: zero-shot classification of image files with any model folder."""
 
-from ._common import add_model_argument, quiet_loading, format_table, model_folder, open_images, top_k_cells
+from ._common import (
+    add_model_argument,
+    format_table,
+    load_model_and_processor,
+    model_folder,
+    open_images,
+    quiet_loading,
+    top_k_cells,
+)
 
 HELP = "zero-shot classify image files against a list of labels"
 
@@ -19,7 +27,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..zero_shot import classify, format_labels, load_model_and_processor
+    from ..zero_shot import classify, format_labels
 
     if args.top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}")

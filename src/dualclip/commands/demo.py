@@ -1,6 +1,6 @@
 """`dualclip demo`: the embedded tiny model classifies handwritten digits it never saw in training. Offline."""
 
-from ._common import format_table, quiet_loading, top_k_cells
+from ._common import format_table, load_model_and_processor, quiet_loading, top_k_cells
 
 HELP = "zero-shot classify held-out handwritten digits with the embedded tiny model (offline)"
 
@@ -15,7 +15,7 @@ def run(args) -> int:
     import numpy as np
 
     from ..tiny_model import DIGIT_NAMES, DIGIT_TEMPLATE, HELDOUT_START, TINY_MODEL_PATH, load_heldout_digits
-    from ..zero_shot import classify, load_model_and_processor
+    from ..zero_shot import classify
 
     if args.count < 0:
         raise ValueError(f"--count must be 0 or more, got {args.count}")
