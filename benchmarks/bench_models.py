@@ -93,7 +93,7 @@ def checked(contenders: dict, reference_name: str = "dualclip") -> dict:
 def text_case(models: Contenders, batch: int, rounds: int):
     ids, mask = caption_batch(batch)
     contenders = {
-        "dualclip": lambda: models.ours.get_text_features(ids, mask).pooler_output,
+        "dualclip": lambda: models.ours.encode_text(ids, attention_mask=mask),
         "OpenCLIP": lambda: models.openclip.encode_text(ids),
     }
     if models.transformers is not None:
@@ -104,7 +104,7 @@ def text_case(models: Contenders, batch: int, rounds: int):
 def image_case(models: Contenders, batch: int, rounds: int):
     pixels = torch.randn(batch, 3, models.image_size, models.image_size, generator=torch.Generator().manual_seed(1))
     contenders = {
-        "dualclip": lambda: models.ours.get_image_features(pixels).pooler_output,
+        "dualclip": lambda: models.ours.encode_image(pixels),
         "OpenCLIP": lambda: models.openclip.encode_image(pixels),
     }
     if models.transformers is not None:

@@ -91,7 +91,7 @@ def _dualclip_folder(tmp_path, name, text=None, vision=None, **top):
     "text, vision, top, feature",
     [
         ({}, dict(backbone="resnet", resnet_layers=[1, 1, 1, 1], resnet_width=2, hidden_size=64, num_attention_heads=2,
-                  projection_bias=True), {}, "resnet image tower"),
+                  projection_bias=True), {}, "resnet_vision_model image tower"),
         (dict(layer_scale_init_value=0.1), {}, {}, "LayerScale in the text tower"),
         ({}, dict(layer_scale_init_value=0.1), {}, "LayerScale in the image tower"),
         (dict(projection_bias=True), {}, {}, "text projection bias"),

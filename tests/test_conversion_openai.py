@@ -44,7 +44,8 @@ def test_released_archive_of_every_architecture(name, tmp_path):
     assert result.dtype == "float32"  # the archive mixes float16 and float32
     model = DualClipModel.from_pretrained(tmp_path / "out").eval()
     config = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert config["vision_config"]["backbone"] == ("resnet" if name.startswith("RN") else "vit")
+    vision_family = "dualclip_resnet_vision_model" if name.startswith("RN") else "dualclip_vision_model"
+    assert config["vision_config"]["model_type"] == vision_family
     assert config["vision_config"]["image_size"] == REDUCED_OPENAI[name]["image_resolution"]
     if name.startswith("RN"):
         assert config["vision_config"]["resnet_layers"] == list(REDUCED_OPENAI[name]["vision_layers"])

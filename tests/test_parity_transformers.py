@@ -163,16 +163,17 @@ def test_legacy_eos_token_id_2(tmp_path):
     stock = transformers.CLIPTextModel(transformers.CLIPTextConfig(**{**TEXT, "eos_token_id": 2})).eval()
     stock.save_pretrained(tmp_path)
     ours = dualclip.DualClipTextModel.from_pretrained(tmp_path).eval()
-    assert ours.config.eos_token_id == TEXT["vocab_size"] - 1
+    assert ours.config.eos_token_id == 2  # not OpenAI's vocabulary: the real EOS is unknown, argmax as stock
     ids, mask = text_batch()
     with torch.no_grad():
         assert max_diff(stock(ids, mask).pooler_output, ours(ids, mask).pooler_output) < TOLERANCE
 
-    # Textual inversion: a token added above EOS must not move the pooled position.
-    ours.resize_token_embeddings(TEXT["vocab_size"] + 1)
-    with_added = ids.clone()
-    with_added[0, 1] = TEXT["vocab_size"]
+    # OpenAI's vocabulary: read as the real EOS, so a token added above it (textual inversion) cannot move pooling.
+    openai_vocab = {**TEXT, "vocab_size": 49408, "eos_token_id": 2}
+    ours = dualclip.DualClipTextModel(dualclip.DualClipTextConfig(**openai_vocab)).eval()
+    assert ours.config.eos_token_id == 49407
+    ours.resize_token_embeddings(49409)
+    with_added = torch.tensor([[49406, 320, 49408, 49407, 0, 0]])
     with torch.no_grad():
-        out = ours(with_added, mask)
-    eos_position = int((with_added[0] == ours.config.eos_token_id).nonzero()[0])
-    assert torch.equal(out.pooler_output[0], out.last_hidden_state[0, eos_position])
+        out = ours(with_added)
+    assert torch.equal(out.pooler_output[0], out.last_hidden_state[0, 3])

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from huggingface_hub.errors import StrictDataclassError
 import torch
 from safetensors.torch import load_file
 from transformers import TrainingArguments
@@ -120,12 +121,11 @@ def test_collator_error_names_the_example(processor, digit_pairs):
 
 
 def test_unknown_loss_type_is_a_clear_error(processor, digit_pairs):
-    with pytest.raises(ValueError, match="loss_type"):
+    with pytest.raises(StrictDataclassError, match="loss_type"):
         small_config(loss_type="triplet")
     model = new_model()
-    model.config.loss_type = "triplet"  # set after validation: the loss itself must still refuse it
-    with pytest.raises(ValueError, match="loss_type"):
-        model(**DualClipDataCollator(processor)(digit_pairs[:4]))
+    with pytest.raises(StrictDataclassError, match="loss_type"):  # strict configs validate on assignment too
+        model.config.loss_type = "triplet"
 
 
 # --- Trainer ----------------------------------------------------------------------------------------------------------

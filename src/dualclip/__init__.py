@@ -3,7 +3,7 @@
 Importing the package registers every dualclip class with the transformers Auto classes.
 """
 
-from .configuration_dualclip import DualClipConfig, DualClipTextConfig, DualClipVisionConfig
+from .configuration_dualclip import DualClipConfig
 from .image_processing_dualclip import DualClipImageProcessor
 from .modeling_dualclip import (
     DualClipModel,
@@ -13,6 +13,9 @@ from .modeling_dualclip import (
     DualClipVisionModel,
     DualClipVisionModelWithProjection,
 )
+from .modeling_dualclip_resnet import DualClipResNetConfig
+from .modeling_dualclip_text import DualClipTextConfig
+from .modeling_dualclip_vit import DualClipVisionConfig
 from .processing_dualclip import DualClipProcessor
 from .registration import register_auto_classes
 from .tiny_model import TINY_MODEL_PATH
@@ -27,6 +30,7 @@ __all__ = [
     "DualClipConfig",
     "DualClipTextConfig",
     "DualClipVisionConfig",
+    "DualClipResNetConfig",
     "DualClipModel",
     "DualClipPreTrainedModel",
     "DualClipTextModel",

@@ -1,4 +1,4 @@
-"""OpenAI's modified ResNet image tower (`backbone="resnet"`): RN50, RN101, RN50x4, RN50x16, RN50x64.
+"""OpenAI's modified ResNet image tower family: RN50, RN101, RN50x4, RN50x16, RN50x64.
 
 Differences from a torchvision ResNet, as in the CLIP paper: a stem of three 3x3 convolutions followed by an average
 pool instead of one 7x7 convolution and a max pool; Bottlenecks that downsample by average pooling before their last
@@ -11,28 +11,99 @@ The attention pool's output projection (OpenAI's `attnpool.c_proj`) is the model
 """
 
 import torch
+from huggingface_hub.dataclasses import strict
 from torch import nn
 from torch.nn import functional as F
 from transformers import initialization as init
+from transformers.configuration_utils import PreTrainedConfig
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
-from .configuration_dualclip import DualClipVisionConfig
-from .modeling_dualclip import check_pixel_values
+from .configuration_dualclip_base import TowerConfig
+from .modeling_dualclip_base import DualClipPreTrainedModel
+from .modeling_dualclip_vit import check_pixel_values
 
 # Each Bottleneck widens its input `planes` by this factor; the final feature map has 32 x `resnet_width` channels.
 BOTTLENECK_EXPANSION = 4
 # Total downsampling of the tower: stem (conv stride 2, then pool 2) and stages 2-4 (pool 2 each).
 RESNET_STRIDE = 32
+# What dualclip versions before the tower registry wrote for this family, and the keys they wrote that it ignores.
+_LEGACY_BACKBONE = "resnet"
+_LEGACY_VIT_KEYS = ("backbone", "intermediate_size", "num_hidden_layers", "patch_size", "hidden_act", "layer_norm_eps",
+                    "attention_dropout", "pre_norm", "projection_bias", "layer_scale_init_value")
+
+
+@strict
+class DualClipResNetConfig(TowerConfig, PreTrainedConfig):
+    r"""
+    Configuration of OpenAI's modified ResNet image tower (defaults: RN50).
+
+    Args:
+        resnet_layers (`list[int]`, defaults to `[3, 4, 6, 3]`): Bottleneck blocks in each of the four stages.
+        resnet_width (`int`, defaults to 64): width of the stem; the final feature map has 32 x `resnet_width`
+            channels.
+        hidden_size (`int`, defaults to 2048): width of the attention pool, which must be 32 x `resnet_width`.
+        num_attention_heads (`int`, defaults to 32): heads of the attention pool.
+        projection_dim (`int`, defaults to 1024): output size of the pool's projection (the model's
+            `visual_projection`, which always has a bias).
+        image_size, num_channels, initializer_range, initializer_factor: as in `DualClipResNetConfig`.
+
+    Configs saved by dualclip before the tower registry (a vision config with `backbone: "resnet"`) load as this.
+    """
+
+    model_type = "dualclip_resnet_vision_model"
+    base_config_key = "vision_config"
+
+    resnet_layers: list[int] | tuple[int, ...] = (3, 4, 6, 3)
+    resnet_width: int = 64
+    hidden_size: int = 2048
+    num_attention_heads: int = 32
+    projection_dim: int = 1024
+    num_channels: int = 3
+    image_size: int = 224
+    initializer_range: float = 0.02
+    initializer_factor: float = 1.0
+
+    def __post_init__(self, **kwargs):
+        self.resnet_layers = list(self.resnet_layers)
+        super().__post_init__(**kwargs)
+
+    @property
+    def projection_bias(self) -> bool:
+        """The attention pool's output projection has a bias, always."""
+        return True
+
+    def validate_architecture(self):
+        """Raises `ValueError` naming the field when a value is invalid or contradicts another."""
+        if len(self.resnet_layers) != 4 or not all(n > 0 for n in self.resnet_layers):
+            raise ValueError(f"`resnet_layers` must be four positive block counts, got {self.resnet_layers!r}")
+        if self.hidden_size != 32 * self.resnet_width:
+            raise ValueError(f"`hidden_size` must be 32 x `resnet_width` ({32 * self.resnet_width}), got {self.hidden_size}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"`hidden_size` ({self.hidden_size}) must be a multiple of `num_attention_heads` ({self.num_attention_heads})"
+            )
+        if self.image_size % RESNET_STRIDE:
+            raise ValueError(f"`image_size` must be a multiple of {RESNET_STRIDE}, got {self.image_size}")
+
+    @classmethod
+    def describes_legacy_dict(cls, config_dict: dict) -> bool:
+        return config_dict.get("backbone") == _LEGACY_BACKBONE
+
+    @classmethod
+    def translate_legacy_dict(cls, config_dict: dict) -> dict:
+        if not cls.describes_legacy_dict(config_dict):
+            return config_dict
+        translated = {k: v for k, v in config_dict.items() if k not in _LEGACY_VIT_KEYS}
+        translated["model_type"] = cls.model_type
+        return translated
 
 
 class DualClipResNetStem(nn.Module):
-    """Three 3x3 convolutions (the first with stride 2), each with BatchNorm and ReLU, then a 2x2 average pool.
+    """Three 3x3 convolutions (the first with stride 2), each with BatchNorm and ReLU, then a 2x2 average pool."""
 
-    `patch_embedding` names the first convolution (the one that reads pixels), so code written for the ViT tower
-    (`vision_model.embeddings.patch_embedding`, e.g. `get_input_embeddings`) finds its counterpart here.
-    """
-
-    def __init__(self, config: DualClipVisionConfig):
+    def __init__(self, config: DualClipResNetConfig):
         super().__init__()
         width = config.resnet_width
         self.conv1 = nn.Conv2d(config.num_channels, width // 2, kernel_size=3, stride=2, padding=1, bias=False)
@@ -42,10 +113,6 @@ class DualClipResNetStem(nn.Module):
         self.conv3 = nn.Conv2d(width // 2, width, kernel_size=3, padding=1, bias=False)
         self.bn3 = nn.BatchNorm2d(width)
         self.pool = nn.AvgPool2d(2)
-
-    @property
-    def patch_embedding(self) -> nn.Conv2d:
-        return self.conv1
 
     def forward(self, pixel_values):
         hidden_states = F.relu(self.bn1(self.conv1(pixel_values)))
@@ -116,7 +183,7 @@ class DualClipAttentionPool(nn.Module):
     before the output projection (the model's `visual_projection`).
     """
 
-    def __init__(self, config: DualClipVisionConfig):
+    def __init__(self, config: DualClipResNetConfig):
         super().__init__()
         self.embed_dim = config.hidden_size
         self.num_heads = config.num_attention_heads
@@ -160,7 +227,7 @@ class DualClipAttentionPool(nn.Module):
         return attended.transpose(1, 2).reshape(batch, channels)
 
 
-class DualClipResNet(nn.Module):
+class DualClipResNet(DualClipPreTrainedModel):
     """OpenAI's modified ResNet: stem, four stages of Bottlenecks, attention pool.
 
     `forward` returns a `BaseModelOutputWithPooling` with:
@@ -173,9 +240,13 @@ class DualClipResNet(nn.Module):
     - `attentions`: always `None` (the tower has no self-attention layers; the pool's weights are not returned).
     """
 
-    def __init__(self, config: DualClipVisionConfig):
-        super().__init__()
-        self.config = config
+    config: DualClipResNetConfig
+    _no_split_modules = ["DualClipResNetStem", "DualClipBottleneck", "DualClipAttentionPool"]
+    # Stage outputs, with the stem's output (the first stage's input) before them.
+    _can_record_outputs = {"hidden_states": OutputRecorder(DualClipResNetStage)}
+
+    def __init__(self, config: DualClipResNetConfig):
+        super().__init__(config)
         width = config.resnet_width
         self.embeddings = DualClipResNetStem(config)
         stages, in_channels = [], width
@@ -185,31 +256,26 @@ class DualClipResNet(nn.Module):
             in_channels = planes * BOTTLENECK_EXPANSION
         self.stages = nn.ModuleList(stages)
         self.attention_pool = DualClipAttentionPool(config)
+        self.post_init()
 
-    def forward(
-        self,
-        pixel_values,
-        output_attentions=False,
-        output_hidden_states=False,
-        interpolate_pos_encoding=False,
-        pooled_only=False,
-    ) -> BaseModelOutputWithPooling:
+    def get_input_embeddings(self) -> nn.Module:
+        """The stem's first convolution, the layer that reads pixels."""
+        return self.embeddings.conv1
+
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(self, pixel_values, interpolate_pos_encoding=False, pooled_only=False, **kwargs):
         """Encodes `pixel_values` (batch, channels, height, width); other sizes than `image_size` need
-        `interpolate_pos_encoding=True`. `pooled_only` is accepted for parity with the ViT tower and changes nothing:
-        the attention pool already computes only its one query."""
+        `interpolate_pos_encoding=True`. `pooled_only` changes nothing: the attention pool already computes only its
+        one query."""
         check_pixel_values(pixel_values, self.config, interpolate_pos_encoding)
         hidden_states = self.embeddings(pixel_values.to(self.embeddings.conv1.weight.dtype))
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
         for stage in self.stages:
             hidden_states = stage(hidden_states)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
         return BaseModelOutputWithPooling(
             last_hidden_state=hidden_states.flatten(2).transpose(1, 2),
             pooler_output=self.attention_pool(hidden_states),
-            hidden_states=all_hidden_states,
-            attentions=None,
         )
 
 
-__all__ = ["DualClipResNet"]
+__all__ = ["DualClipResNetConfig", "DualClipResNet"]

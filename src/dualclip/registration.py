@@ -9,7 +9,7 @@ from transformers import (
     AutoTokenizer,
 )
 
-from .configuration_dualclip import DualClipConfig, DualClipTextConfig, DualClipVisionConfig
+from .configuration_dualclip import DualClipConfig
 from .image_processing_dualclip import DualClipImageProcessor
 from .modeling_dualclip import (
     DualClipModel,
@@ -18,12 +18,14 @@ from .modeling_dualclip import (
     DualClipVisionModel,
     DualClipVisionModelWithProjection,
 )
+from .modeling_dualclip_text import DualClipTextConfig
+from .modeling_dualclip_vit import DualClipVisionConfig
 from .processing_dualclip import DualClipProcessor
 from .tokenization_dualclip import DualClipTokenizer
+from .towers import TOWERS
 
-_CONFIGS = (DualClipConfig, DualClipTextConfig, DualClipVisionConfig)
-# The class `AutoModel` builds for each config; the projection towers are reached through `auto_map` of their own.
-_AUTO_MODELS = {DualClipConfig: DualClipModel, DualClipTextConfig: DualClipTextModel, DualClipVisionConfig: DualClipVisionModel}
+# The class `AutoModel` builds for each side's tower configs; the projection towers are reached through `auto_map`.
+_TOWER_MODELS = {"text_config": DualClipTextModel, "vision_config": DualClipVisionModel}
 
 
 def register_auto_classes() -> None:
@@ -32,11 +34,16 @@ def register_auto_classes() -> None:
     `register_for_auto_class` makes `save_pretrained` copy the code files next to the weights and write
     `auto_map`, so the folder loads with `trust_remote_code=True` where dualclip is not installed.
     """
-    for config_class in _CONFIGS:
-        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
-        config_class.register_for_auto_class()
-    for config_class, model_class in _AUTO_MODELS.items():
-        AutoModel.register(config_class, model_class, exist_ok=True)
+    AutoConfig.register(DualClipConfig.model_type, DualClipConfig, exist_ok=True)
+    DualClipConfig.register_for_auto_class()
+    AutoModel.register(DualClipConfig, DualClipModel, exist_ok=True)
+    for side, families in TOWERS.items():
+        for config_class, _ in families.values():
+            AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+            config_class.register_for_auto_class()
+            # One tower model class serves every family of its side; `AutoModel.register` would insist that the
+            # class's own `config_class` is the family's, so the mapping is filled directly.
+            AutoModel._model_mapping.register(config_class, _TOWER_MODELS[side], exist_ok=True)
     AutoModelForZeroShotImageClassification.register(DualClipConfig, DualClipModel, exist_ok=True)
     DualClipModel.register_for_auto_class("AutoModel")
     DualClipTextModel.register_for_auto_class("AutoModel")

@@ -72,7 +72,7 @@ def embed_texts(model, processor, texts: Sequence[str], batch_size: int = 256) -
         tokens = processor(
             text=list(texts[start : start + batch_size]), padding=True, truncation=True, return_tensors="pt"
         )
-        features = model.get_text_features(tokens["input_ids"], tokens["attention_mask"]).pooler_output
+        features = model.encode_text(tokens["input_ids"], attention_mask=tokens["attention_mask"])
         parts.append(torch.nn.functional.normalize(features.float(), dim=-1))
     return torch.cat(parts)
 
@@ -86,7 +86,7 @@ def embed_images(model, processor, images: Sequence, batch_size: int = 64) -> to
     parts = []
     for start in range(0, len(images), batch_size):
         pixels = processor(images=list(images[start : start + batch_size]), return_tensors="pt")["pixel_values"]
-        features = model.get_image_features(pixels.to(dtype)).pooler_output
+        features = model.encode_image(pixels.to(dtype))
         parts.append(torch.nn.functional.normalize(features.float(), dim=-1))
     return torch.cat(parts)
 
@@ -100,7 +100,5 @@ def classify(model, processor, images: Sequence, labels: Sequence[str], template
     """
     text = embed_texts(model, processor, format_labels(labels, template))
     image = embed_images(model, processor, images)
-    from .modeling_dualclip import LOGIT_SCALE_MAX
-
-    logits = image @ text.T * model.logit_scale.detach().float().clamp(max=LOGIT_SCALE_MAX).exp()
+    logits = image @ text.T * model.logit_scale.detach().float().exp()
     return torch.softmax(logits, dim=-1).numpy()

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..configuration_dualclip import DualClipConfig
+from ..modeling_dualclip_resnet import DualClipResNetConfig
 from .errors import ConversionError
 
 # dualclip names inside one transformer layer, for OpenAI's names (q/k/v come from splitting `attn.in_proj_*`).
@@ -187,17 +188,16 @@ def build_config(
         layer_scale_init_value=text_layer_scale_init_value if facts.text_layer_scale else None,
     )
     vision = dict(
-        backbone=facts.backbone,
         hidden_size=facts.vision_hidden_size,
         projection_dim=facts.embed_dim,
         num_attention_heads=vision_heads,
         num_channels=facts.num_channels,
         image_size=facts.image_size,
-        hidden_act=vision_hidden_act or hidden_act,
-        layer_norm_eps=vision_layer_norm_eps,
     )
     if facts.backbone == "vit":
         vision.update(
+            hidden_act=vision_hidden_act or hidden_act,
+            layer_norm_eps=vision_layer_norm_eps,
             intermediate_size=facts.vision_intermediate,
             num_hidden_layers=facts.vision_layers,
             patch_size=facts.patch_size,
@@ -205,7 +205,8 @@ def build_config(
             layer_scale_init_value=vision_layer_scale_init_value if facts.vision_layer_scale else None,
         )
     else:
-        vision.update(resnet_layers=facts.resnet_layers, resnet_width=facts.vision_width, projection_bias=True)
+        vision.update(model_type=DualClipResNetConfig.model_type, resnet_layers=facts.resnet_layers,
+                      resnet_width=facts.vision_width)
     try:
         return DualClipConfig(
             text_config=text,

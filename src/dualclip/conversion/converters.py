@@ -4,7 +4,7 @@ a model card; and `convert_checkpoint`, which detects the source."""
 from pathlib import Path
 
 from .. import modeling_dualclip
-from ..configuration_dualclip import CLIP_MODEL_TYPES
+from ..configuration_dualclip_base import CLIP_MODEL_TYPES
 from .building import convert_tensors, resolve_dtype
 from .clip_layout import plan_conversion, text_prefix_of
 from .errors import ConversionError

@@ -12,7 +12,10 @@ feature stock CLIP lacks.
 import json
 from pathlib import Path
 
-from ..configuration_dualclip import CLIP_MODEL_TYPES, DualClipConfig, DualClipTextConfig, DualClipVisionConfig
+from ..configuration_dualclip import DualClipConfig
+from ..configuration_dualclip_base import CLIP_MODEL_TYPES
+from ..modeling_dualclip_text import DualClipTextConfig
+from ..modeling_dualclip_vit import DualClipVisionConfig
 from .errors import ConversionError
 from .reading import TensorSource, read_checkpoint
 
@@ -135,8 +138,8 @@ def _text_blockers(text) -> list[str]:
 
 
 def _vision_blockers(vision) -> list[str]:
-    if vision.backbone != "vit":
-        return [f"the {vision.backbone} image tower (stock CLIP has ViT towers only)"]
+    if vision.model_type != "dualclip_vision_model":
+        return [f"the {vision.model_type} image tower (stock CLIP has ViT towers only)"]
     blockers = []
     if not vision.pre_norm:
         blockers.append("pre_norm=False (stock CLIP always applies pre_layrnorm)")

@@ -4,7 +4,8 @@ OpenAI's rules that the shapes cannot tell: 64-wide attention heads in every tra
 pool, QuickGELU, LayerNorm eps 1e-5, a causal text tower pooled at the end-of-text token (the largest id).
 """
 
-from ..configuration_dualclip import OPENAI_BOS_TOKEN_ID, OPENAI_EOS_TOKEN_ID, OPENAI_VOCAB_SIZE, DualClipConfig
+from ..configuration_dualclip import DualClipConfig
+from ..configuration_dualclip_base import OPENAI_BOS_TOKEN_ID, OPENAI_EOS_TOKEN_ID, OPENAI_VOCAB_SIZE
 from .clip_layout import ShapeFacts, build_config, shape_facts
 from .errors import ConversionError
 from .model_card import layers

@@ -10,7 +10,8 @@ import importlib.util
 import json
 from pathlib import Path
 
-from ..configuration_dualclip import OPENAI_VOCAB_SIZE, DualClipConfig
+from ..configuration_dualclip import DualClipConfig
+from ..configuration_dualclip_base import OPENAI_VOCAB_SIZE
 from .clip_layout import ShapeFacts, build_config, shape_facts
 from .errors import ConversionError
 from .openai import OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD, openai_text_tokens

@@ -139,7 +139,7 @@ def describe_towers(config, class_name: str) -> str:
     text = getattr(config, "text_config", config if "Text" in class_name else None)
     vision = getattr(config, "vision_config", config if "Vision" in class_name else None)
     if vision is not None:
-        if vision.backbone == "resnet":
+        if hasattr(vision, "resnet_layers"):
             blocks = "-".join(map(str, vision.resnet_layers))
             parts.append(f"ResNet image tower (width {vision.resnet_width}, blocks {blocks}) at {vision.image_size}px")
         else:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import PIL.Image
 
-from ..configuration_dualclip import OPENAI_VOCAB_SIZE
+from ..configuration_dualclip_base import OPENAI_VOCAB_SIZE
 
 OPENAI_PAD_TOKEN = "!"  # id 0: OpenAI's `clip.tokenize` and OpenCLIP pad with zeros
 EOS_PAD_TOKEN = "<|endoftext|>"  # transformers' CLIP tokenizer pads with EOS

@@ -9,7 +9,6 @@ precision of the converted weights.
 """
 
 import copy
-import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -100,7 +99,7 @@ def _dual_outputs(model, pixel_values, input_ids) -> dict:
     with torch.no_grad():
         return {
             "image_embeds": model.get_image_features(pixel_values).pooler_output,
-            "text_embeds": model.get_text_features(input_ids, pooled_only=False).pooler_output,
+            "text_embeds": model.get_text_features(input_ids).pooler_output,
             "logits_per_image": model(input_ids=input_ids, pixel_values=pixel_values).logits_per_image,
         }
 
@@ -162,9 +161,7 @@ def verify_openclip(checkpoint_path, model_cfg: dict, folder, dtype: torch.dtype
 
 
 def _all_outputs(model, inputs: dict) -> dict:
-    """Every tensor a forward pass returns, nested outputs flattened to dotted names (full-length text states)."""
-    if "pooled_only" in inspect.signature(model.forward).parameters:
-        inputs = {**inputs, "pooled_only": False}
+    """Every tensor a forward pass returns, nested outputs flattened to dotted names."""
     with torch.no_grad():
         outputs = model.float().eval()(**inputs, return_dict=True)
     flat = {}

@@ -1,0 +1,184 @@
+"""Layers shared by dualclip's transformer towers: attention on transformers' attention interface, the MLP,
+LayerScale, the pre-norm layer and the encoder stack.
+
+Attention runs through `ALL_ATTENTION_FUNCTIONS` (eager, sdpa, flex, flash, registered kernels) with masks from
+transformers' mask utilities, exactly as transformers' CLIP does. Module and parameter names follow transformers
+CLIP (`self_attn.q_proj`, `layer_norm1`, `mlp.fc1`, ...), so its checkpoints load unchanged.
+
+The one addition is the pooled query: a tower whose output is only read at one position per row can ask the last
+layer to compute that position alone (every position still serves as key and value).
+"""
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, create_bidirectional_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.clip.modeling_clip import eager_attention_forward
+
+
+class DualClipAttention(nn.Module):
+    """Multi-head self-attention with separate q/k/v projections (transformers CLIP layout).
+
+    `query_states`, when given, holds fewer positions than `hidden_states`: only they are queries.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embed_dim = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = self.embed_dim // self.num_heads
+        self.scale = self.head_dim**-0.5
+        self.dropout = config.attention_dropout
+        self.is_causal = False
+        self.k_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.v_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.q_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.out_proj = nn.Linear(self.embed_dim, self.embed_dim)
+
+    def init_dualclip_weights(self, factor: float) -> None:
+        """OpenAI's scheme, as transformers CLIP: in-projections scaled by depth, out-projection by width."""
+        in_std = self.embed_dim**-0.5 * (2 * self.config.num_hidden_layers) ** -0.5 * factor
+        for projection in (self.q_proj, self.k_proj, self.v_proj):
+            init.normal_(projection.weight, std=in_std)
+        init.normal_(self.out_proj.weight, std=self.embed_dim**-0.5 * factor)
+
+    def forward(self, hidden_states, attention_mask=None, query_states=None, **kwargs):
+        query_states = hidden_states if query_states is None else query_states
+        query_shape = query_states.shape[:-1]
+        queries = self.q_proj(query_states).view(*query_shape, -1, self.head_dim).transpose(1, 2)
+        keys = self.k_proj(hidden_states).view(*hidden_states.shape[:-1], -1, self.head_dim).transpose(1, 2)
+        values = self.v_proj(hidden_states).view(*hidden_states.shape[:-1], -1, self.head_dim).transpose(1, 2)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            queries,
+            keys,
+            values,
+            attention_mask,
+            scaling=self.scale,
+            dropout=0.0 if not self.training else self.dropout,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(*query_shape, -1).contiguous()
+        return self.out_proj(attn_output), attn_weights
+
+
+class DualClipMLP(nn.Module):
+    """Two-layer feed-forward block (`fc1`, activation, `fc2`)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.activation_fn = ACT2FN[config.hidden_act]
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def init_dualclip_weights(self, factor: float) -> None:
+        hidden = self.config.hidden_size
+        init.normal_(self.fc1.weight, std=(2 * hidden) ** -0.5 * factor)
+        init.normal_(self.fc2.weight, std=hidden**-0.5 * (2 * self.config.num_hidden_layers) ** -0.5 * factor)
+
+    def forward(self, hidden_states):
+        return self.fc2(self.activation_fn(self.fc1(hidden_states)))
+
+
+class DualClipLayerScale(nn.Module):
+    """Per-channel learned scale on a residual branch (OpenCLIP `ls_init_value`)."""
+
+    def __init__(self, dim: int, init_value: float):
+        super().__init__()
+        self.init_value = init_value
+        self.scale = nn.Parameter(torch.full((dim,), float(init_value)))
+
+    def init_dualclip_weights(self, factor: float) -> None:
+        init.constant_(self.scale, self.init_value)
+
+    def forward(self, hidden_states):
+        return hidden_states * self.scale
+
+
+class DualClipEncoderLayer(GradientCheckpointingLayer):
+    """Pre-norm transformer layer: `x + attn(ln1(x))`, then `x + mlp(ln2(x))`, with optional LayerScale."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.embed_dim = config.hidden_size
+        self.self_attn = DualClipAttention(config)
+        self.layer_norm1 = nn.LayerNorm(self.embed_dim, eps=config.layer_norm_eps)
+        self.mlp = DualClipMLP(config)
+        self.layer_norm2 = nn.LayerNorm(self.embed_dim, eps=config.layer_norm_eps)
+        layer_scale = getattr(config, "layer_scale_init_value", None)
+        if layer_scale is not None:
+            self.layer_scale1 = DualClipLayerScale(self.embed_dim, layer_scale)
+            self.layer_scale2 = DualClipLayerScale(self.embed_dim, layer_scale)
+        else:
+            self.layer_scale1 = self.layer_scale2 = nn.Identity()
+
+    def forward(self, hidden_states, attention_mask=None, query_positions=None, **kwargs):
+        """`query_positions` (one index per row) computes only that position's output, shape (batch, 1, hidden);
+        `attention_mask` must then be the one for those queries."""
+        normed = self.layer_norm1(hidden_states)
+        query_states = None
+        if query_positions is not None:
+            rows = torch.arange(hidden_states.shape[0], device=hidden_states.device)
+            hidden_states = hidden_states[rows, query_positions].unsqueeze(1)
+            query_states = normed[rows, query_positions].unsqueeze(1)
+        attended, _ = self.self_attn(normed, attention_mask, query_states=query_states, **kwargs)
+        hidden_states = hidden_states + self.layer_scale1(attended)
+        return hidden_states + self.layer_scale2(self.mlp(self.layer_norm2(hidden_states)))
+
+
+class PooledQuery:
+    """What the last layer needs to compute only the pooled positions: one index per row, and the mask of the keys
+    each of them may attend to (`(batch, length)` booleans, or `None` for all)."""
+
+    def __init__(self, positions: torch.Tensor, key_mask: torch.Tensor | None = None):
+        self.positions = positions
+        self.key_mask = key_mask
+
+
+def supports_pooled_query(config) -> bool:
+    """Whether the attention implementation has a mask function, which the pooled query's per-row key mask needs
+    (implementations registered without one receive no mask at all)."""
+    return config._attn_implementation in ALL_MASK_ATTENTION_FUNCTIONS
+
+
+class DualClipEncoder(nn.Module):
+    """A stack of [`DualClipEncoderLayer`]s."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.layers = nn.ModuleList([DualClipEncoderLayer(config) for _ in range(config.num_hidden_layers)])
+        self.gradient_checkpointing = False
+
+    def forward(self, inputs_embeds, attention_mask=None, pooled_query: PooledQuery | None = None, **kwargs):
+        """With `pooled_query` the last layer computes only those positions: `last_hidden_state` is
+        `(batch, 1, hidden)`."""
+        hidden_states = inputs_embeds
+        last = len(self.layers) - 1
+        for index, layer in enumerate(self.layers):
+            if index == last and pooled_query is not None:
+                rows = torch.arange(hidden_states.shape[0], device=hidden_states.device)
+                query_mask = create_bidirectional_mask(
+                    config=self.config,
+                    inputs_embeds=hidden_states[rows, pooled_query.positions].unsqueeze(1),
+                    attention_mask=pooled_query.key_mask,
+                    encoder_hidden_states=hidden_states,
+                )
+                kwargs = {**kwargs, "is_causal": False}
+                hidden_states = layer(hidden_states, query_mask, query_positions=pooled_query.positions, **kwargs)
+            else:
+                hidden_states = layer(hidden_states, attention_mask, **kwargs)
+        return BaseModelOutput(last_hidden_state=hidden_states)
+

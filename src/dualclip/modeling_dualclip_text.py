@@ -1,0 +1,231 @@
+"""The CLIP text tower family: token + learned position embeddings, pre-norm transformer (causal by default),
+final LayerNorm, pooled at one position per row (end-of-text by default).
+
+Module names follow transformers' `CLIPTextModel` (`embeddings.token_embedding`, `encoder.layers.N`,
+`final_layer_norm`), so CLIP text checkpoints, LoRAs and textual-inversion embeddings apply unchanged.
+"""
+
+from typing import Literal
+
+import torch
+from huggingface_hub.dataclasses import strict
+from torch import nn
+from transformers import initialization as init
+from transformers.configuration_utils import PreTrainedConfig
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_dualclip_base import OPENAI_BOS_TOKEN_ID, OPENAI_EOS_TOKEN_ID, OPENAI_VOCAB_SIZE, TowerConfig
+from .modeling_dualclip_base import DualClipPreTrainedModel
+from .modeling_dualclip_layers import (
+    DualClipAttention,
+    DualClipEncoder,
+    DualClipEncoderLayer,
+    PooledQuery,
+    supports_pooled_query,
+)
+
+# Before transformers PR #24773, CLIP configs said `eos_token_id: 2` and pooled at the argmax of the ids.
+LEGACY_EOS_TOKEN_ID = 2
+# The pooled fast path cuts captions after the batch's last pooled position, rounded up to a multiple of this,
+# so that a compiled tower sees at most `max_position_embeddings / 8` distinct lengths.
+TRUNCATION_BUCKET = 8
+
+
+@strict
+class DualClipTextConfig(TowerConfig, PreTrainedConfig):
+    r"""
+    Configuration of the dualclip text tower: a causal (by default) transformer pooled at its end-of-text token.
+
+    Every field of `CLIPTextConfig` keeps its name, default and meaning (OpenAI ViT-B/32 text tower). The extra
+    fields describe OpenCLIP variants:
+
+    Args:
+        pooling (`str`, defaults to `"eos"`):
+            Which position the pooled output comes from. `"eos"`: the first position holding `eos_token_id` (robust
+            to added tokens with ids above EOS; as transformers CLIP, a row without EOS pools position 0).
+            `"last"`: the last position. `"argmax"`: the position of the largest id (OpenAI's original rule).
+        causal_mask (`bool`, defaults to `True`):
+            Whether attention is causal. OpenCLIP's `no_causal_mask` models set it to `False`.
+        projection_bias (`bool`, defaults to `False`):
+            Whether `text_projection` has a bias (OpenCLIP `proj_bias`).
+        layer_scale_init_value (`float`, *optional*):
+            Initial value of LayerScale on both residual branches of every layer (OpenCLIP `ls_init_value`).
+            `None` means no LayerScale.
+
+    A legacy `eos_token_id` of 2 (transformers configs before PR #24773, which pooled with argmax) is read as
+    OpenAI's real end-of-text id 49407 when the vocabulary is OpenAI's, so added tokens (textual inversion) with
+    larger ids cannot move the pooled position. With any other vocabulary the real id is unknown and it pools with
+    argmax, as transformers does.
+    """
+
+    model_type = "dualclip_text_model"
+    base_config_key = "text_config"
+
+    vocab_size: int = OPENAI_VOCAB_SIZE
+    hidden_size: int = 512
+    intermediate_size: int = 2048
+    projection_dim: int | None = 512
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 8
+    max_position_embeddings: int = 77
+    hidden_act: str = "quick_gelu"
+    layer_norm_eps: float | None = 1e-5
+    attention_dropout: int | float | None = 0.0
+    initializer_range: float = 0.02
+    initializer_factor: float | None = 1.0
+    pad_token_id: int | None = 1
+    bos_token_id: int | None = OPENAI_BOS_TOKEN_ID
+    eos_token_id: int | list[int] | None = OPENAI_EOS_TOKEN_ID
+
+    pooling: Literal["eos", "last", "argmax"] = "eos"
+    causal_mask: bool = True
+    projection_bias: bool = False
+    layer_scale_init_value: int | float | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.eos_token_id == LEGACY_EOS_TOKEN_ID and self.vocab_size == OPENAI_VOCAB_SIZE:
+            self.eos_token_id = OPENAI_EOS_TOKEN_ID
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self):
+        """Raises `ValueError` naming the field when a value is invalid or contradicts another."""
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"`hidden_size` ({self.hidden_size}) must be a multiple of `num_attention_heads` "
+                f"({self.num_attention_heads})"
+            )
+        if self.layer_scale_init_value is not None and self.layer_scale_init_value <= 0:
+            raise ValueError(f"`layer_scale_init_value` must be None or positive, got {self.layer_scale_init_value}")
+
+    @property
+    def pools_by_argmax(self) -> bool:
+        return self.pooling == "argmax" or (self.pooling == "eos" and self.eos_token_id == LEGACY_EOS_TOKEN_ID)
+
+
+class DualClipTextEmbeddings(nn.Module):
+    """Token embedding plus learned absolute position embedding."""
+
+    def __init__(self, config: DualClipTextConfig):
+        super().__init__()
+        self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embedding = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+
+    def init_dualclip_weights(self, factor: float) -> None:
+        init.normal_(self.token_embedding.weight, std=factor * 0.02)
+        init.normal_(self.position_embedding.weight, std=factor * 0.02)
+
+    def forward(self, input_ids, position_ids=None):
+        if position_ids is None:
+            # Looked up through the module, not sliced from `.weight`: under `device_map` offloading, accelerate
+            # brings a weight to the device only when its module is called.
+            position_ids = torch.arange(input_ids.shape[-1], device=input_ids.device)
+        return self.token_embedding(input_ids) + self.position_embedding(position_ids)
+
+
+def check_text_inputs(input_ids, attention_mask, config: DualClipTextConfig) -> None:
+    """Raises a `ValueError` naming the argument for inputs the tower cannot encode; never syncs a GPU."""
+    if input_ids is None:
+        raise ValueError("input_ids is required: a (batch, sequence) tensor of token ids")
+    if not torch.is_tensor(input_ids) or input_ids.dim() != 2 or input_ids.is_floating_point():
+        shape = tuple(input_ids.shape) if torch.is_tensor(input_ids) else type(input_ids).__name__
+        raise ValueError(f"input_ids must be an integer tensor of shape (batch, sequence), got {shape}")
+    if 0 in input_ids.shape:
+        raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}): pass at least one token per row")
+    if input_ids.shape[-1] > config.max_position_embeddings:
+        raise ValueError(
+            f"input_ids has {input_ids.shape[-1]} positions but max_position_embeddings is "
+            f"{config.max_position_embeddings}; truncate to that length (split longer prompts: see dualclip.conditioning)"
+        )
+    if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}: "
+            "they must be equal (one mask entry per token)"
+        )
+    # Out-of-range ids fail inside the embedding with an opaque message; on CPU checking costs nothing.
+    if input_ids.device.type == "cpu" and not torch.compiler.is_compiling() and (input_ids.min() < 0 or input_ids.max() >= config.vocab_size):
+        raise ValueError(
+            f"input_ids holds ids outside the vocabulary: found {int(input_ids.min())}..{int(input_ids.max())}, "
+            f"vocab_size is {config.vocab_size} (resize_token_embeddings after adding tokens)"
+        )
+
+
+class DualClipTextTransformer(DualClipPreTrainedModel):
+    """Embeddings, encoder and final LayerNorm of the text tower; pooled at one position per row."""
+
+    config: DualClipTextConfig
+    _no_split_modules = ["DualClipTextEmbeddings", "DualClipEncoderLayer"]
+    _can_record_outputs = {"hidden_states": [DualClipEncoderLayer], "attentions": [DualClipAttention]}
+
+    def __init__(self, config: DualClipTextConfig):
+        super().__init__(config)
+        self.embeddings = DualClipTextEmbeddings(config)
+        self.encoder = DualClipEncoder(config)
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.token_embedding
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.embeddings.token_embedding = value
+
+    def pooled_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Index of the pooled position in each row (see `DualClipTextConfig.pooling`)."""
+        config = self.config
+        if config.pooling == "last":
+            return torch.full(input_ids.shape[:1], input_ids.shape[-1] - 1, dtype=torch.long, device=input_ids.device)
+        if config.pools_by_argmax:
+            return input_ids.to(torch.int).argmax(dim=-1)
+        return (input_ids == config.eos_token_id).int().argmax(dim=-1)
+
+    def truncate_for_pooling(self, input_ids, attention_mask=None, position_ids=None):
+        """Under a causal mask, positions after the batch's last pooled position cannot change any pooled output:
+        cuts them off (rounded up to a multiple of 8). Syncs once with the device to read that length."""
+        if not self.config.causal_mask:
+            return input_ids, attention_mask, position_ids
+        needed = int(self.pooled_positions(input_ids).max()) + 1
+        keep = min(-(-needed // TRUNCATION_BUCKET) * TRUNCATION_BUCKET, input_ids.shape[-1])
+        return (
+            input_ids[:, :keep],
+            None if attention_mask is None else attention_mask[:, :keep],
+            None if position_ids is None else position_ids[..., :keep],
+        )
+
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(self, input_ids, attention_mask=None, position_ids=None, pooled_only=False, **kwargs):
+        """Encodes `input_ids` (batch, sequence). `pooled_only=True`: the last layer computes the pooled position
+        alone and `last_hidden_state` is `(batch, 1, hidden)`, that position."""
+        config = self.config
+        check_text_inputs(input_ids, attention_mask, config)
+        pool_at = self.pooled_positions(input_ids)
+        hidden_states = self.embeddings(input_ids, position_ids)
+        if config.causal_mask:
+            mask = create_causal_mask(config=config, inputs_embeds=hidden_states, attention_mask=attention_mask, cache=None)
+        else:
+            mask = create_bidirectional_mask(config=config, inputs_embeds=hidden_states, attention_mask=attention_mask)
+
+        pooled_query = None
+        if pooled_only and supports_pooled_query(config):
+            key_mask = None if attention_mask is None else attention_mask.bool()
+            if config.causal_mask:
+                keys = torch.arange(input_ids.shape[-1], device=input_ids.device)
+                causal = keys[None, :] <= pool_at[:, None]
+                key_mask = causal if key_mask is None else key_mask & causal
+            pooled_query = PooledQuery(pool_at, key_mask)
+
+        kwargs["is_causal"] = config.causal_mask
+        last_hidden_state = self.encoder(hidden_states, mask, pooled_query=pooled_query, **kwargs).last_hidden_state
+        last_hidden_state = self.final_layer_norm(last_hidden_state)
+        if pooled_query is not None:
+            pooled_output = last_hidden_state[:, 0]
+        else:
+            rows = torch.arange(last_hidden_state.shape[0], device=last_hidden_state.device)
+            pooled_output = last_hidden_state[rows, pool_at.to(last_hidden_state.device)]
+        return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=pooled_output)
+
+
+__all__ = ["DualClipTextConfig", "DualClipTextTransformer"]

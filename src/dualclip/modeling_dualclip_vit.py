@@ -1,0 +1,185 @@
+"""The CLIP ViT image tower family: class token, patch embedding, learned (interpolable) position embedding,
+optional pre-LayerNorm, pre-norm transformer, class token through `post_layernorm`.
+
+Module names follow transformers' `CLIPVisionModel` (`embeddings.patch_embedding`, `pre_layrnorm`,
+`encoder.layers.N`, `post_layernorm`), so CLIP vision checkpoints load unchanged.
+"""
+
+import math
+
+import torch
+from huggingface_hub.dataclasses import strict
+from torch import nn
+from torch.nn import functional as F
+from transformers import initialization as init
+from transformers.configuration_utils import PreTrainedConfig
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_dualclip_base import TowerConfig
+from .modeling_dualclip_base import DualClipPreTrainedModel
+from .modeling_dualclip_layers import DualClipAttention, DualClipEncoder, DualClipEncoderLayer, PooledQuery
+
+
+@strict
+class DualClipVisionConfig(TowerConfig, PreTrainedConfig):
+    r"""
+    Configuration of the dualclip ViT image tower, and the public config class of the image side: loading a saved
+    image-tower config through it returns the config of the family it names (e.g. `DualClipResNetConfig`).
+
+    Every field of `CLIPVisionConfig` keeps its name, default and meaning (OpenAI ViT-B/32 image tower). The extra
+    fields:
+
+    Args:
+        pre_norm (`bool`, defaults to `True`):
+            Whether the ViT applies `pre_layrnorm` to the embeddings (OpenCLIP `no_ln_pre` sets it to `False`).
+        projection_bias (`bool`, defaults to `False`):
+            Whether `visual_projection` has a bias.
+        layer_scale_init_value (`float`, *optional*):
+            Initial value of LayerScale in every layer (OpenCLIP `ls_init_value`); `None` means none.
+    """
+
+    model_type = "dualclip_vision_model"
+    base_config_key = "vision_config"
+
+    hidden_size: int = 768
+    intermediate_size: int = 3072
+    projection_dim: int = 512
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    num_channels: int = 3
+    image_size: int = 224
+    patch_size: int = 32
+    hidden_act: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+    attention_dropout: int | float | None = 0.0
+    initializer_range: float = 0.02
+    initializer_factor: float = 1.0
+
+    pre_norm: bool = True
+    projection_bias: bool = False
+    layer_scale_init_value: int | float | None = None
+
+    def validate_architecture(self):
+        """Raises `ValueError` naming the field when a value is invalid or contradicts another."""
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"`hidden_size` ({self.hidden_size}) must be a multiple of `num_attention_heads` "
+                f"({self.num_attention_heads})"
+            )
+        if self.image_size % self.patch_size:
+            raise ValueError(f"`image_size` ({self.image_size}) must be a multiple of `patch_size` ({self.patch_size})")
+        if self.layer_scale_init_value is not None and self.layer_scale_init_value <= 0:
+            raise ValueError(f"`layer_scale_init_value` must be None or positive, got {self.layer_scale_init_value}")
+
+
+def check_pixel_values(pixel_values, config, interpolate_pos_encoding: bool) -> None:
+    """Raises a `ValueError` naming `pixel_values` when it is not a (batch, channels, height, width) image batch.
+
+    NaN pixels are not checked (that would sync the device): they give NaN features for that image only.
+    """
+    if pixel_values is None:
+        raise ValueError("pixel_values is required: a (batch, channels, height, width) float tensor")
+    if not torch.is_tensor(pixel_values) or pixel_values.dim() != 4 or not pixel_values.is_floating_point():
+        shape = tuple(pixel_values.shape) if torch.is_tensor(pixel_values) else type(pixel_values).__name__
+        raise ValueError(f"pixel_values must be a float tensor of shape (batch, channels, height, width), got {shape}")
+    batch, channels, height, width = pixel_values.shape
+    if batch == 0:
+        raise ValueError("pixel_values is empty (batch of 0 images)")
+    if channels != config.num_channels:
+        raise ValueError(f"pixel_values has {channels} channels, the model expects {config.num_channels}")
+    size = config.image_size
+    if not interpolate_pos_encoding and (height, width) != (size, size):
+        raise ValueError(
+            f"pixel_values is {height}x{width}, the model expects {size}x{size}; "
+            "pass interpolate_pos_encoding=True to run at another size"
+        )
+
+
+class DualClipVisionEmbeddings(nn.Module):
+    """Class token, non-overlapping patch embedding, learned position embedding (interpolable)."""
+
+    def __init__(self, config: DualClipVisionConfig):
+        super().__init__()
+        self.config = config
+        self.embed_dim = config.hidden_size
+        self.image_size = config.image_size
+        self.patch_size = config.patch_size
+        self.class_embedding = nn.Parameter(torch.randn(self.embed_dim))
+        self.patch_embedding = nn.Conv2d(
+            config.num_channels, self.embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=False
+        )
+        self.num_patches = (self.image_size // self.patch_size) ** 2
+        self.num_positions = self.num_patches + 1
+        self.position_embedding = nn.Embedding(self.num_positions, self.embed_dim)
+
+    def init_dualclip_weights(self, factor: float) -> None:
+        init.normal_(self.class_embedding, std=self.embed_dim**-0.5 * factor)
+        init.normal_(self.patch_embedding.weight, std=self.config.initializer_range * factor)
+        init.normal_(self.position_embedding.weight, std=self.config.initializer_range * factor)
+
+    def _position_weight(self, device) -> torch.Tensor:
+        # Through the module, not `.weight`: under `device_map` offloading, accelerate brings a weight to the device
+        # only when its module is called.
+        return self.position_embedding(torch.arange(self.num_positions, device=device))
+
+    def interpolate_pos_encoding(self, height: int, width: int) -> torch.Tensor:
+        """Position embeddings for a `height` x `width` image: the patch grid resized bicubically (as CLIP/DINO)."""
+        weight = self._position_weight(self.class_embedding.device)
+        grid_height, grid_width = height // self.patch_size, width // self.patch_size
+        if grid_height * grid_width == self.num_patches and grid_height == grid_width:
+            return weight.unsqueeze(0)
+        side = int(math.isqrt(self.num_patches))
+        patch_pos = weight[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        patch_pos = F.interpolate(patch_pos, size=(grid_height, grid_width), mode="bicubic", align_corners=False)
+        patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, grid_height * grid_width, -1)
+        return torch.cat([weight[:1].unsqueeze(0), patch_pos], dim=1)
+
+    def forward(self, pixel_values, interpolate_pos_encoding=False):
+        batch, _, height, width = pixel_values.shape
+        patches = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2)
+        class_token = self.class_embedding.expand(batch, 1, -1)
+        embeddings = torch.cat([class_token, patches], dim=1)
+        if interpolate_pos_encoding:
+            return embeddings + self.interpolate_pos_encoding(height, width)
+        return embeddings + self._position_weight(embeddings.device)
+
+
+class DualClipVisionTransformer(DualClipPreTrainedModel):
+    """ViT image tower: embeddings, optional pre-LayerNorm, encoder, class token through `post_layernorm`."""
+
+    config: DualClipVisionConfig
+    _no_split_modules = ["DualClipVisionEmbeddings", "DualClipEncoderLayer"]
+    _can_record_outputs = {"hidden_states": [DualClipEncoderLayer], "attentions": [DualClipAttention]}
+
+    def __init__(self, config: DualClipVisionConfig):
+        super().__init__(config)
+        self.embeddings = DualClipVisionEmbeddings(config)
+        # `pre_layrnorm` keeps transformers CLIP's historical spelling so its checkpoints load unchanged.
+        self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.pre_norm else nn.Identity()
+        self.encoder = DualClipEncoder(config)
+        self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.patch_embedding
+
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(self, pixel_values, interpolate_pos_encoding=False, pooled_only=False, **kwargs):
+        """`pooled_only=True`: the last layer computes only the class token, the one position pooling reads, and
+        `last_hidden_state` is that position alone."""
+        check_pixel_values(pixel_values, self.config, interpolate_pos_encoding)
+        hidden_states = self.pre_layrnorm(self.embeddings(pixel_values, interpolate_pos_encoding))
+        pooled_query = None
+        if pooled_only:
+            class_token = torch.zeros(hidden_states.shape[0], dtype=torch.long, device=hidden_states.device)
+            pooled_query = PooledQuery(class_token)
+        last_hidden_state = self.encoder(hidden_states, pooled_query=pooled_query, **kwargs).last_hidden_state
+        return BaseModelOutputWithPooling(
+            last_hidden_state=last_hidden_state, pooler_output=self.post_layernorm(last_hidden_state[:, 0])
+        )
+
+
+__all__ = ["DualClipVisionConfig", "DualClipVisionTransformer"]
