@@ -1,4 +1,4 @@
-"""The ResNet image tower (`backbone="resnet"`): outputs, position-embedding interpolation, dtypes, saving.
+"""The ResNet image tower family: outputs, position-embedding interpolation, dtypes, saving, legacy folders.
 
 Numerical parity with OpenAI's ModifiedResNet is tested through the converters (test_conversion_openai.py).
 """
@@ -18,8 +18,15 @@ from torch.nn import functional as F
 
 from dualclip import DualClipConfig, DualClipModel, DualClipVisionModel, DualClipVisionModelWithProjection
 
-VISION = dict(backbone="resnet", resnet_layers=[1, 2, 1, 1], resnet_width=8, hidden_size=256, num_attention_heads=4,
-              image_size=64, projection_bias=True, projection_dim=16)
+VISION = dict(model_type="dualclip_resnet_vision_model", resnet_layers=[1, 2, 1, 1], resnet_width=8, hidden_size=256,
+              num_attention_heads=4, image_size=64, projection_dim=16)
+# The same tower as dualclip 0.1 (before the tower registry) wrote it: a ViT config marked `backbone: "resnet"`.
+LEGACY_VISION = dict(
+    model_type="dualclip_vision_model", backbone="resnet", resnet_layers=[1, 2, 1, 1], resnet_width=8, hidden_size=256,
+    num_attention_heads=4, image_size=64, projection_bias=True, projection_dim=16, intermediate_size=3072,
+    num_hidden_layers=12, patch_size=32, hidden_act="quick_gelu", layer_norm_eps=1e-5, pre_norm=True,
+    layer_scale_init_value=None, attention_dropout=0.0,
+)
 TEXT = dict(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
             max_position_embeddings=8, bos_token_id=98, eos_token_id=99, projection_dim=16)
 
@@ -133,3 +140,23 @@ def test_resnet_folder_loads_with_trust_remote_code_without_dualclip(tmp_path):
     with torch.no_grad():
         expected = model.get_image_features(_pixels(64)).pooler_output
     torch.testing.assert_close(torch.tensor(report["features"]), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model_class", [DualClipModel, DualClipVisionModelWithProjection])
+def test_folders_saved_before_the_tower_registry_still_load(model_class, tmp_path):
+    config = DualClipConfig(text_config=TEXT, vision_config=VISION, projection_dim=16)
+    model = randomize_(model_class(config if model_class is DualClipModel else config.vision_config)).eval()
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    if model_class is DualClipModel:
+        saved["vision_config"] = LEGACY_VISION
+    else:
+        saved = {**saved, **LEGACY_VISION, "architectures": ["DualClipVisionModelWithProjection"]}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+
+    loaded = model_class.from_pretrained(tmp_path).eval()
+    vision_config = loaded.config.vision_config if model_class is DualClipModel else loaded.config
+    assert vision_config.model_type == "dualclip_resnet_vision_model"
+    assert not hasattr(vision_config, "patch_size")  # no ViT fields in the ResNet family's config
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_image(_pixels(64)), model.encode_image(_pixels(64)))
