@@ -145,6 +145,9 @@ def test_damaged_model_folder_is_one_error_line_naming_the_file(capfd, digit_fil
     folder, damaged = _damaged_model(tmp_path, case)
     code = main(["classify", digit_files[0][0], "--labels", "a", "b", "--model", str(folder)])
     assert_one_error_line(code, capfd.readouterr().err, "classify", damaged)
+    # Every command that takes --model gets the same check before it runs.
+    code = main(["embed", "--text", "a", "--model", str(folder)])
+    assert_one_error_line(code, capfd.readouterr().err, "embed", damaged)
 
     monkeypatch.setattr("dualclip.tiny_model.TINY_MODEL_PATH", str(folder))  # demo always uses the tiny model
     assert_one_error_line(main(["demo"]), capfd.readouterr().err, "demo", damaged)

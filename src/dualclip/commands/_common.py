@@ -41,7 +41,8 @@ def open_images(paths) -> list:
 
 def check_model_folder(folder) -> None:
     """Raises `ValueError` naming the file when a local model folder holds a `config.json` that is not a JSON
-    object or not a config transformers can read, or a truncated or corrupt `.safetensors` weights file.
+    object, not a config transformers can read or not one for a dualclip or transformers CLIP model with both
+    towers, or a truncated or corrupt `.safetensors` weights file.
 
     Loading such a folder fails deep inside transformers or safetensors, with a message that does not say which
     file is damaged; anything that is not a local folder is left to the loader.
@@ -71,6 +72,16 @@ def _check_config(folder: str, path: str) -> None:
         AutoConfig.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, TypeError, KeyError, AttributeError, StrictDataclassError) as error:
         raise ValueError(f"{path} is not a model config transformers can read ({error})") from None
+    from ..modeling_dualclip import DualClipModel
+
+    # The model class reads transformers CLIP configs by translating their model_type; anything else is no model
+    # a command can use (loading it anyway ends in a weights report and a shape-mismatch error).
+    config_class = DualClipModel.config_class
+    if config_class.get_config_dict(folder)[0].get("model_type") != config_class.model_type:
+        raise ValueError(
+            f"{path} describes a {content.get('model_type')!r} model; expected a dualclip or transformers CLIP model "
+            "with both towers (model_type 'dualclip' or 'clip')"
+        )
 
 
 def _safetensors_files(folder: str) -> list[str]:
@@ -98,24 +109,12 @@ def _check_safetensors(path: str) -> None:
 
 
 def load_model_and_processor(folder):
-    """`dualclip.zero_shot.load_model_and_processor` for a command: a damaged folder (see `check_model_folder`),
-    a config of another kind of model, or any other loading failure is one `ValueError` naming the file or folder."""
-    from ..modeling_dualclip import DualClipModel
+    """`dualclip.zero_shot.load_model_and_processor` for a command: a damaged folder (see `check_model_folder`) or
+    any other loading failure is one `ValueError` naming the file or folder."""
     from ..zero_shot import load_model_and_processor as load
 
     folder = os.fspath(folder)
     check_model_folder(folder)
-    config_path = os.path.join(folder, "config.json")
-    if os.path.isfile(config_path):
-        config_class = DualClipModel.config_class
-        model_type = config_class.get_config_dict(folder)[0].get("model_type")  # transformers CLIP types translated
-        if model_type != config_class.model_type:
-            with open(config_path, encoding="utf-8") as file:
-                original = json.load(file).get("model_type")
-            raise ValueError(
-                f"{config_path} describes a {original!r} model; expected a dualclip or transformers CLIP model with "
-                "both towers (model_type 'dualclip' or 'clip')"
-            )
     try:
         return load(folder)
     except FileNotFoundError:
