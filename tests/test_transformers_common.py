@@ -50,7 +50,11 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", type=Path, help="folder to keep the suite's junit XML in")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments for the suite (after --)")
     args = parser.parse_args(argv)
-    comparison = outcomes.run_and_compare(args.pytest_args, keep=args.keep)
+    try:
+        comparison = outcomes.run_and_compare(args.pytest_args, keep=args.keep)
+    except (reference.ReferenceUnavailable, outcomes.SuiteDidNotRun) as error:
+        print(f"{type(error).__name__}: {error}", file=sys.stderr)
+        return 2
     print(comparison.report(stock_failures=args.stock_failures))
     return 1 if comparison.regressions else 0
 
