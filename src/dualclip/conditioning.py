@@ -44,9 +44,10 @@ from .conditioning_a1111 import (
     tokenize_a1111,
 )
 from .conditioning_balanced import BREAK, parse_prompt_weights
+from .conditioning_compel import CompelEncoder, parse_compel
 
 CONVENTIONS = ("sd1", "sd2", "sdxl")
-SYNTAXES = ("a1111", "balanced")
+SYNTAXES = ("a1111", "compel", "balanced")
 
 
 def chunk_length(tokenizer, text_encoder=None) -> int:
@@ -158,7 +159,7 @@ class PromptEncoder:
         comma_backtrack: A1111's "Prompt word wrap length limit" (default 20; 0 disables).
         zero_empty_negative: give zeros as the negative embeddings of an empty negative prompt. Default: on for
             SDXL (A1111 zeros `""` and `None`; diffusers' `force_zeros_for_empty_prompt` zeros `None` only, which
-            `"balanced"` follows), off otherwise.
+            `"compel"` and `"balanced"` follow), off otherwise.
 
     ```python
     encoder = PromptEncoder.from_pipeline(pipe)
@@ -222,8 +223,8 @@ class PromptEncoder:
         """Takes the tokenizers and text encoders of a Stable Diffusion 1/2 or SDXL diffusers pipeline.
 
         The convention is `"sdxl"` when the pipeline has a CLIP `text_encoder_2` (one with `text_projection`), else
-        `"sd1"`. With the diffusers-like `"balanced"` syntax, an SDXL pipeline's `force_zeros_for_empty_prompt`
-        becomes `zero_empty_negative`. Other pipelines (Flux, SD3: a T5 encoder) are refused.
+        `"sd1"`. With `"compel"` and `"balanced"`, which leave a missing negative prompt to the pipeline's rule, an
+        SDXL pipeline's `force_zeros_for_empty_prompt` becomes `zero_empty_negative`. Other pipelines (Flux, SD3: a T5 encoder) are refused.
         """
         second = getattr(pipeline, "text_encoder_2", None)
         if (second is not None and not hasattr(second, "text_projection")) or hasattr(pipeline, "text_encoder_3"):
@@ -239,7 +240,7 @@ class PromptEncoder:
         if convention is None:
             convention = "sdxl" if second is not None else "sd1"
         syntax = kwargs.get("syntax", "a1111")
-        if convention == "sdxl" and syntax == "balanced" and "zero_empty_negative" not in kwargs:
+        if convention == "sdxl" and syntax in ("compel", "balanced") and "zero_empty_negative" not in kwargs:
             kwargs["zero_empty_negative"] = bool(getattr(pipeline.config, "force_zeros_for_empty_prompt", True))
         return cls([t for t, _ in pairs], [e for _, e in pairs], convention=convention, **kwargs)
 
@@ -263,6 +264,8 @@ class PromptEncoder:
 
         if self.syntax == "a1111":
             result = self._encode_a1111(prompts, negatives)
+        elif self.syntax == "compel":
+            result = self._encode_compel(prompts, negatives)
         else:
             result = self._encode_balanced(prompts, negatives)
         if self.convention == "sdxl" and result.get("pooled_prompt_embeds") is None:
@@ -345,6 +348,37 @@ class PromptEncoder:
         }
 
 
+    # ---- compel ---------------------------------------------------------------------------------------------------
+
+    def _encode_compel(self, prompts: list[str], negatives: list[str | None]) -> dict:
+        """compel's `CompelForSD` / `CompelForSDXL`: prompts and negatives encoded per text encoder and padded
+        together with that encoder's empty embedding; encoders padded to each other with their encoding of "";
+        pooled from the raw text. A missing negative prompt is zeros when `zero_empty_negative` (what the
+        pipeline does when compel returns none), else the encoding of ""."""
+        zero = negatives[0] is None and self.zero_empty_negative
+        texts = prompts if zero else prompts + [n or "" for n in negatives]
+        parsed = [parse_compel(text) for text in texts]
+        encoders = [CompelEncoder(runner) for runner in self.runners]
+        states = [torch.stack(encoder.pad_to([encoder.encode(parts) for parts in parsed])) for encoder in encoders]
+        length = max(s.shape[1] for s in states)
+        for index, encoder in enumerate(encoders):
+            if states[index].shape[1] < length:
+                filler = encoder.fragments([("", 1.0)])
+                states[index] = _pad_with(states[index], filler, length)
+        dtype = self.runners[0].text_encoder.dtype
+        embeds = torch.cat(states, dim=-1).to(dtype)
+        pooled = [encoders[-1].pooled(text) for text in texts]
+        pooled = None if pooled[0] is None else torch.cat(pooled)
+        batch = len(prompts)
+        return {
+            "prompt_embeds": embeds[:batch],
+            "negative_prompt_embeds": torch.zeros_like(embeds) if zero else embeds[batch:],
+            "pooled_prompt_embeds": None if pooled is None else pooled[:batch],
+            "negative_pooled_prompt_embeds": None if pooled is None else (
+                torch.zeros_like(pooled) if zero else pooled[batch:]),
+        }
+
+
 def _stack_repeating_last(embeds: list[torch.Tensor]) -> torch.Tensor:
     """`(positions, channels)` tensors stacked into a batch, shorter ones extended by repeating their last position."""
     length = max(e.shape[0] for e in embeds)
@@ -376,6 +410,7 @@ __all__ = [
     "encoder_layers",
     "final_layer_norm",
     "parse_a1111",
+    "parse_compel",
     "parse_prompt_weights",
     "tokenize_prompt",
 ]
