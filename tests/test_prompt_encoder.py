@@ -8,7 +8,7 @@ import tiny_diffusion as tiny
 from dualclip import DualClipTextModel, DualClipTextModelWithProjection
 from dualclip.conditioning import SYNTAXES, PromptEncoder
 
-CHUNKED = ("a1111", "balanced")
+CHUNKED = ("a1111", "comfyui", "balanced")
 WORDS = "cat dog house tree river mountain city night red blue green light dark old new small big".split()
 
 

@@ -44,10 +44,11 @@ from .conditioning_a1111 import (
     tokenize_a1111,
 )
 from .conditioning_balanced import BREAK, parse_prompt_weights
+from .conditioning_comfyui import empty_row, parse_comfyui, tokenize_comfyui, weight_toward_empty
 from .conditioning_compel import CompelEncoder, parse_compel
 
 CONVENTIONS = ("sd1", "sd2", "sdxl")
-SYNTAXES = ("a1111", "compel", "balanced")
+SYNTAXES = ("a1111", "comfyui", "compel", "balanced")
 
 
 def chunk_length(tokenizer, text_encoder=None) -> int:
@@ -69,14 +70,16 @@ def tokenize_prompt(
     """Token ids and per-token weights of `prompt` as `syntax` chunks it: two `(chunks, length + 2)` tensors.
 
     `length` defaults to `chunk_length(tokenizer)` (75). `comma_backtrack` and `emphasis` apply to `"a1111"`
-    (`"balanced"` never backtracks).
+    (`"balanced"` never backtracks). compel splits prompts differently: see `conditioning_compel`.
     """
     length = chunk_length(tokenizer) if length is None else length
     if syntax == "a1111":
         return tokenize_a1111(prompt, tokenizer, length, comma_backtrack, emphasis)
     if syntax == "balanced":
         return chunk_a1111(parse_prompt_weights(prompt), tokenizer, length, comma_backtrack=0)
-    raise ValueError(f"tokenize_prompt takes a chunking syntax ('a1111', 'balanced'), got {syntax!r}")
+    if syntax == "comfyui":
+        return tokenize_comfyui(prompt, tokenizer, length)
+    raise ValueError(f"tokenize_prompt takes a chunking syntax ('a1111', 'comfyui', 'balanced'), got {syntax!r}")
 
 
 def final_layer_norm(text_encoder) -> torch.nn.Module:
@@ -149,7 +152,7 @@ class PromptEncoder:
         text_encoders: one text encoder, or a list (SDXL: `[text_encoder, text_encoder_2]`; the last one must
             output `text_embeds`, i.e. be a `*TextModelWithProjection`). dualclip or stock transformers models.
         convention: `"sd1"`, `"sd2"` or `"sdxl"` (see the module docstring).
-        syntax: `"a1111"` (default), `"balanced"`; see the module docstring.
+        syntax: `"a1111"` (default), `"comfyui"`, `"compel"` or `"balanced"`; see the module docstring.
         clip_skip: layers to skip from the end, numbered as diffusers' `clip_skip` (`None` or 0: none). Applies to
             the negative prompt too (diffusers' own `encode_prompt` skips layers for the prompt only).
         a1111_clip_skip: A1111's "Clip skip" setting (1: none) with A1111's rules; exclusive with `clip_skip`.
@@ -159,7 +162,8 @@ class PromptEncoder:
         comma_backtrack: A1111's "Prompt word wrap length limit" (default 20; 0 disables).
         zero_empty_negative: give zeros as the negative embeddings of an empty negative prompt. Default: on for
             SDXL (A1111 zeros `""` and `None`; diffusers' `force_zeros_for_empty_prompt` zeros `None` only, which
-            `"compel"` and `"balanced"` follow), off otherwise.
+            `"compel"` and `"balanced"` follow) except with `"comfyui"`, which encodes `""` (its
+            `ConditioningZeroOut` node is `zero_empty_negative=True`); off otherwise.
 
     ```python
     encoder = PromptEncoder.from_pipeline(pipe)
@@ -208,7 +212,9 @@ class PromptEncoder:
         self.syntax = syntax
         self.emphasis = emphasis
         self.comma_backtrack = comma_backtrack
-        self.zero_empty_negative = convention == "sdxl" if zero_empty_negative is None else zero_empty_negative
+        if zero_empty_negative is None:
+            zero_empty_negative = convention == "sdxl" and syntax != "comfyui"
+        self.zero_empty_negative = zero_empty_negative
 
     @property
     def tokenizers(self):
@@ -266,6 +272,8 @@ class PromptEncoder:
             result = self._encode_a1111(prompts, negatives)
         elif self.syntax == "compel":
             result = self._encode_compel(prompts, negatives)
+        elif self.syntax == "comfyui":
+            result = self._encode_comfyui(prompts, negatives)
         else:
             result = self._encode_balanced(prompts, negatives)
         if self.convention == "sdxl" and result.get("pooled_prompt_embeds") is None:
@@ -348,6 +356,50 @@ class PromptEncoder:
         }
 
 
+    # ---- ComfyUI --------------------------------------------------------------------------------------------------
+
+    def _encode_comfyui_text(self, text: str):
+        """ComfyUI's CLIPTextEncode: per encoder, the chunks (with the empty prompt when anything is weighted) in
+        one batch, weights moving tokens toward the empty prompt; encoders cut to the shorter and concatenated;
+        the last encoder's pooled embedding of the first chunk."""
+        states, pooled = [], None
+        for runner in self.runners:
+            ids, weights = tokenize_comfyui(text, runner.tokenizer, runner.chunk_length)
+            weighted = bool((weights != 1).any())
+            rows = torch.cat([ids, empty_row(runner.tokenizer, runner.chunk_length)]) if weighted else ids
+            hidden, pooled_rows = runner(rows)
+            hidden = hidden.float()
+            z = hidden[: ids.shape[0]]
+            if weighted:
+                z = weight_toward_empty(z, weights, hidden[-1])
+            states.append(z.flatten(0, 1))
+            pooled = None if pooled_rows is None else pooled_rows[0]
+        length = min(state.shape[0] for state in states)
+        return torch.cat([state[:length] for state in states], dim=-1), pooled
+
+    def _encode_comfyui(self, prompts: list[str], negatives: list[str | None]) -> dict:
+        """Every text encoded alone, then all repeated whole to a common length (the least common multiple of their
+        lengths), which is how ComfyUI batches conditionings of different lengths and which leaves cross-attention
+        unchanged. An empty negative prompt is encoded, or zeros with `zero_empty_negative`."""
+        zero = self.zero_empty_negative and all(not n for n in negatives)
+        encoded = [self._encode_comfyui_text(text) for text in prompts]
+        if zero:
+            negative_encoded = [(torch.zeros_like(encoded[0][0][: self.runners[0].chunk_length + 2]),
+                                 None if encoded[0][1] is None else torch.zeros_like(encoded[0][1]))] * len(prompts)
+        else:
+            negative_encoded = [self._encode_comfyui_text(text or "") for text in negatives]
+        everything = [e for e, _ in encoded + negative_encoded]
+        length = math.lcm(*(e.shape[0] for e in everything))
+        tiled = torch.stack([e.repeat(length // e.shape[0], 1) for e in everything])
+        dtype = self.runners[0].text_encoder.dtype
+        batch = len(prompts)
+        return {
+            "prompt_embeds": tiled[:batch].to(dtype),
+            "negative_prompt_embeds": tiled[batch:].to(dtype),
+            "pooled_prompt_embeds": _stack_pooled([p for _, p in encoded]),
+            "negative_pooled_prompt_embeds": _stack_pooled([p for _, p in negative_encoded]),
+        }
+
     # ---- compel ---------------------------------------------------------------------------------------------------
 
     def _encode_compel(self, prompts: list[str], negatives: list[str | None]) -> dict:
@@ -410,6 +462,7 @@ __all__ = [
     "encoder_layers",
     "final_layer_norm",
     "parse_a1111",
+    "parse_comfyui",
     "parse_compel",
     "parse_prompt_weights",
     "tokenize_prompt",
