@@ -18,8 +18,9 @@ from transformers import initialization as init
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs
 from transformers.modeling_utils import PreTrainedModel  # noqa: F401  (diffusers finds the loading methods by this name)
-from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_dualclip import DualClipConfig
@@ -160,7 +161,7 @@ class DualClipTextModel(_TextSide, DualClipPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         pooled_only: bool = False,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         """Encodes `input_ids` (batch, sequence), as transformers' `CLIPTextModel.forward`.
 
@@ -195,7 +196,7 @@ class DualClipTextModelWithProjection(_TextSide, DualClipPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         pooled_only: bool = False,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> DualClipTextModelOutput:
         """Encodes `input_ids` and projects the pooled state; `pooled_only` as in [`DualClipTextModel.forward`]."""
         text_outputs = self._text_tower(input_ids, attention_mask, position_ids, pooled_only, kwargs)
@@ -231,7 +232,7 @@ class DualClipVisionModel(_VisionSide, DualClipPreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
         pooled_only: bool = False,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         """Encodes `pixel_values` (batch, channels, height, width); other sizes need `interpolate_pos_encoding`.
 
@@ -264,7 +265,7 @@ class DualClipVisionModelWithProjection(_VisionSide, DualClipPreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
         pooled_only: bool = False,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> DualClipVisionModelOutput:
         """Encodes `pixel_values` and projects the pooled state; `pooled_only` as in [`DualClipVisionModel.forward`]."""
         vision_outputs = self._vision_tower(pixel_values, interpolate_pos_encoding, pooled_only, kwargs)
@@ -328,7 +329,7 @@ class DualClipModel(_TextSide, _VisionSide, DualClipPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         pooled_only: bool = False,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         """Text tower output with `pooler_output` replaced by the projected text features (transformers 5).
 
@@ -345,7 +346,7 @@ class DualClipModel(_TextSide, _VisionSide, DualClipPreTrainedModel):
         pixel_values: torch.Tensor,
         interpolate_pos_encoding: bool = False,
         pooled_only: bool = False,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         """Image tower output with `pooler_output` replaced by the projected image features (transformers 5).
 
@@ -384,7 +385,7 @@ class DualClipModel(_TextSide, _VisionSide, DualClipPreTrainedModel):
         return_loss: bool | None = None,
         interpolate_pos_encoding: bool = False,
         pooled_only: bool = False,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> DualClipOutput:
         """Scores every text against every image, as transformers' `CLIPModel.forward`.
 

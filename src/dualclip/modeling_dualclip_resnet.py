@@ -17,6 +17,8 @@ from torch.nn import functional as F
 from transformers import initialization as init
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
@@ -264,7 +266,7 @@ class DualClipResNet(DualClipPreTrainedModel):
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
-    def forward(self, pixel_values, interpolate_pos_encoding=False, pooled_only=False, **kwargs):
+    def forward(self, pixel_values, interpolate_pos_encoding=False, pooled_only=False, **kwargs: Unpack[TransformersKwargs]):
         """Encodes `pixel_values` (batch, channels, height, width); other sizes than `image_size` need
         `interpolate_pos_encoding=True`. `pooled_only` changes nothing: the attention pool already computes only its
         one query."""

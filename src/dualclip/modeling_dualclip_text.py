@@ -12,8 +12,12 @@ from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import initialization as init
 from transformers.configuration_utils import PreTrainedConfig
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import PrefixChange
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
@@ -157,7 +161,7 @@ class DualClipTextTransformer(DualClipPreTrainedModel):
 
     config: DualClipTextConfig
     _no_split_modules = ["DualClipTextEmbeddings", "DualClipEncoderLayer"]
-    _can_record_outputs = {"hidden_states": [DualClipEncoderLayer], "attentions": [DualClipAttention]}
+    _can_record_outputs = {"hidden_states": DualClipEncoderLayer, "attentions": DualClipAttention}
 
     def __init__(self, config: DualClipTextConfig):
         super().__init__(config)
@@ -196,7 +200,7 @@ class DualClipTextTransformer(DualClipPreTrainedModel):
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
-    def forward(self, input_ids, attention_mask=None, position_ids=None, pooled_only=False, **kwargs):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, pooled_only=False, **kwargs: Unpack[TransformersKwargs]):
         """Encodes `input_ids` (batch, sequence). `pooled_only=True`: the last layer computes the pooled position
         alone and `last_hidden_state` is `(batch, 1, hidden)`, that position."""
         config = self.config
@@ -204,7 +208,8 @@ class DualClipTextTransformer(DualClipPreTrainedModel):
         pool_at = self.pooled_positions(input_ids)
         hidden_states = self.embeddings(input_ids, position_ids)
         if config.causal_mask:
-            mask = create_causal_mask(config=config, inputs_embeds=hidden_states, attention_mask=attention_mask, cache=None)
+            # No cache; passed by position (its name changed between transformers 5.23 and 5.24).
+            mask = create_causal_mask(config, hidden_states, attention_mask, None)
         else:
             mask = create_bidirectional_mask(config=config, inputs_embeds=hidden_states, attention_mask=attention_mask)
 
@@ -226,6 +231,11 @@ class DualClipTextTransformer(DualClipPreTrainedModel):
             rows = torch.arange(last_hidden_state.shape[0], device=last_hidden_state.device)
             pooled_output = last_hidden_state[rows, pool_at.to(last_hidden_state.device)]
         return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=pooled_output)
+
+
+
+# As transformers' `CLIPTextModel`, the tower reads checkpoints that still carry its `text_model.` prefix.
+register_checkpoint_conversion_mapping("DualClipTextTransformer", [PrefixChange(prefix_to_remove="text_model")], overwrite=True)
 
 
 __all__ = ["DualClipTextConfig", "DualClipTextTransformer"]

@@ -13,7 +13,11 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import initialization as init
 from transformers.configuration_utils import PreTrainedConfig
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import PrefixChange
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
@@ -151,7 +155,7 @@ class DualClipVisionTransformer(DualClipPreTrainedModel):
 
     config: DualClipVisionConfig
     _no_split_modules = ["DualClipVisionEmbeddings", "DualClipEncoderLayer"]
-    _can_record_outputs = {"hidden_states": [DualClipEncoderLayer], "attentions": [DualClipAttention]}
+    _can_record_outputs = {"hidden_states": DualClipEncoderLayer, "attentions": DualClipAttention}
 
     def __init__(self, config: DualClipVisionConfig):
         super().__init__(config)
@@ -167,7 +171,7 @@ class DualClipVisionTransformer(DualClipPreTrainedModel):
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
-    def forward(self, pixel_values, interpolate_pos_encoding=False, pooled_only=False, **kwargs):
+    def forward(self, pixel_values, interpolate_pos_encoding=False, pooled_only=False, **kwargs: Unpack[TransformersKwargs]):
         """`pooled_only=True`: the last layer computes only the class token, the one position pooling reads, and
         `last_hidden_state` is that position alone."""
         check_pixel_values(pixel_values, self.config, interpolate_pos_encoding)
@@ -180,6 +184,11 @@ class DualClipVisionTransformer(DualClipPreTrainedModel):
         return BaseModelOutputWithPooling(
             last_hidden_state=last_hidden_state, pooler_output=self.post_layernorm(last_hidden_state[:, 0])
         )
+
+
+
+# As transformers' `CLIPVisionModel`, the tower reads checkpoints that still carry its `vision_model.` prefix.
+register_checkpoint_conversion_mapping("DualClipVisionTransformer", [PrefixChange(prefix_to_remove="vision_model")], overwrite=True)
 
 
 __all__ = ["DualClipVisionConfig", "DualClipVisionTransformer"]
