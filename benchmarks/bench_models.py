@@ -5,6 +5,7 @@ with `dualclip.conversion`, which is exported to a transformers CLIP folder, so 
 Outputs are checked to agree before anything is timed; timings are warm medians, interleaved.
 
     python benchmarks/bench_models.py --threads 2                 # every case, the RESULTS.md table
+    python benchmarks/bench_models.py --cases f --rounds 3        # pooled text under torch.compile
     python benchmarks/bench_models.py --cases a --archs ViT-B-32 --rounds 3
 """
 
@@ -101,6 +102,24 @@ def text_case(models: Contenders, batch: int, rounds: int):
     return interleaved_medians(checked(contenders), rounds)
 
 
+def compiled_text_case(models: Contenders, batch: int, rounds: int):
+    """(a) under `torch.compile` (inductor): each contender's text tower compiled, the same calls as (a).
+
+    dualclip cuts the captions before its compiled tower (lengths bucketed to multiples of 8: at most 10 graphs for
+    77 positions), so the compiled graph runs on the short batch."""
+    torch._dynamo.reset()
+    models.ours.text_model.compile()
+    models.openclip.transformer.compile()
+    if models.transformers is not None:
+        models.transformers.text_model.compile()
+    try:
+        return text_case(models, batch, rounds)
+    finally:  # later cases time the eager models
+        for model in (models.ours.text_model, models.openclip.transformer, getattr(models.transformers, "text_model", None)):
+            if model is not None:
+                model._compiled_call_impl = None
+
+
 def image_case(models: Contenders, batch: int, rounds: int):
     pixels = torch.randn(batch, 3, models.image_size, models.image_size, generator=torch.Generator().manual_seed(1))
     contenders = {
@@ -176,13 +195,15 @@ PLAN = {
           ("ViT-L-14", 64), ("RN50", 16), ("RN50", 64)],
     "c": [("ViT-B-32", 32)],
     "e": [("ViT-B-32", None), ("ViT-L-14", None)],
+    "f": [("ViT-B-32", 64)],
 }
-CASE_NAMES = {"a": "(a) pooled text", "b": "(b) image", "c": "(c) train step", "e": "(e) from_pretrained"}
+CASE_NAMES = {"a": "(a) pooled text", "b": "(b) image", "c": "(c) train step", "e": "(e) from_pretrained",
+              "f": "(f) pooled text, compiled"}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", default="abce", help="letters of the cases to run (default: abce)")
+    parser.add_argument("--cases", default="abcef", help="letters of the cases to run (default: abcef)")
     parser.add_argument("--archs", nargs="*", help="only these architectures (default: the plan's)")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per contender (median reported)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
@@ -209,8 +230,9 @@ def main():
                 elif case == "e":
                     medians = loading_case(models, rounds)
                 else:
+                    run_case = {"a": text_case, "b": image_case, "f": compiled_text_case}[case]
                     with torch.no_grad():
-                        medians = (text_case if case == "a" else image_case)(models, batch, rounds)
+                        medians = run_case(models, batch, rounds)
                 rows.append(row(CASE_NAMES[case], arch, batch if batch else "-", medians))
                 print(markdown_table(HEADER, rows[-1:]).splitlines()[-1], flush=True)
     print()
