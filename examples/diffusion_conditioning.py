@@ -1,8 +1,11 @@
-"""dualclip text encoders in a diffusers SDXL pipeline, with a long weighted prompt (three 77-token chunks).
+"""dualclip text encoders in a diffusers SDXL pipeline, with a long weighted prompt encoded as AUTOMATIC1111,
+ComfyUI or compel would encode it.
 
 Runs offline in seconds with tiny random components (the images are noise; the plumbing is real):
 
-    python examples/diffusion_conditioning.py
+    python examples/diffusion_conditioning.py                    # A1111's rules (the default)
+    python examples/diffusion_conditioning.py --syntax comfyui
+    python examples/diffusion_conditioning.py --syntax compel
 
 With a local SDXL folder (diffusers layout), the same code swaps dualclip encoders into the real pipeline:
 
@@ -15,7 +18,7 @@ import torch
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 
 from dualclip import DualClipTextConfig, DualClipTextModel, DualClipTextModelWithProjection
-from dualclip.conditioning import PromptEncoder, parse_prompt_weights
+from dualclip.conditioning import PromptEncoder, parse_a1111, parse_comfyui, parse_compel
 from dualclip.tokenization_dualclip import DualClipTokenizer
 
 PROMPT = (
@@ -26,6 +29,16 @@ PROMPT = (
     "soft volumetric light, film grain BREAK color palette of deep blue, teal and amber, \\(award winning\\) composition"
 )
 NEGATIVE = "blurry, lowres, (watermark:1.4), text"
+# the same picture in compel's syntax: weights written after the words, no BREAK
+COMPEL_PROMPT = (
+    "a (cozy)1.3 wooden cabin in a snowy pine forest at dusk, warm light in the windows, smoke rising from the "
+    "chimney, (fresh powder snow)++ on the roof, a frozen lake in the foreground reflecting the sky, "
+    "people-, aurora borealis over the mountains, glowing lanterns along a narrow path, a sleeping husky by the "
+    "door, intricate carved wood, icicles hanging from the eaves, highly detailed, photorealistic, 35mm photograph, "
+    "soft volumetric light, film grain. color palette of deep blue, teal and amber, award winning composition"
+)
+COMPEL_NEGATIVE = "blurry, lowres, (watermark)1.4, text"
+PARSERS = {"a1111": parse_a1111, "comfyui": parse_comfyui, "compel": parse_compel}
 
 
 def tiny_random_pipeline() -> StableDiffusionXLPipeline:
@@ -66,7 +79,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", help="local SDXL pipeline folder (default: tiny random components)")
     parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--clip-skip", type=int, default=None)
+    parser.add_argument("--syntax", choices=sorted(PARSERS), default="a1111", help="whose prompt rules to follow")
+    parser.add_argument("--clip-skip", type=int, default=None, help="diffusers' numbering: 1 is A1111's 'Clip skip: 2'")
     parser.add_argument("--output", default=None, help="save the image here (PNG)")
     args = parser.parse_args()
 
@@ -74,9 +88,10 @@ def main():
     pipe.set_progress_bar_config(disable=True)
     size = {} if args.pipeline else {"height": 32, "width": 32}
 
-    print("weights:", [(text, round(w, 3)) if w is not None else text for text, w in parse_prompt_weights(PROMPT)])
-    encoder = PromptEncoder.from_pipeline(pipe, clip_skip=args.clip_skip)
-    embeds = encoder.encode(PROMPT, negative_prompt=NEGATIVE)
+    prompt, negative = (COMPEL_PROMPT, COMPEL_NEGATIVE) if args.syntax == "compel" else (PROMPT, NEGATIVE)
+    print(f"{args.syntax} reads the prompt as:", PARSERS[args.syntax](prompt))
+    encoder = PromptEncoder.from_pipeline(pipe, syntax=args.syntax, clip_skip=args.clip_skip)
+    embeds = encoder.encode(prompt, negative_prompt=negative)
     for name, tensor in embeds.items():
         print(f"{name}: {tuple(tensor.shape)}")
 

@@ -5,11 +5,13 @@ open at the end multiply last: round ones, then square ones)."""
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tiny_diffusion as tiny
 from dualclip import DualClipTextModel, DualClipTextModelWithProjection
 from dualclip.conditioning import PromptEncoder, tokenize_prompt
-from dualclip.conditioning_a1111 import chunk_a1111, emphasize, parse_a1111, prepare_prompt
+from dualclip.conditioning_a1111 import chunk_a1111, emphasize, is_break, parse_a1111, prepare_prompt
 
 R, S = 1.1, 1 / 1.1
 BRK = ("BREAK", -1.0)
@@ -95,6 +97,22 @@ def test_malformed_weight_fails_as_in_a1111(prompt):
     """A run of digits and dots that is not a number, closing an open group: A1111's float() raises."""
     with pytest.raises(ValueError, match="malformed attention weight"):
         parse_a1111(prompt)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="()[]\\: .12abBREAK", max_size=40))
+def test_parse_keeps_every_letter(text):
+    """Brackets, escapes and weights only ever remove syntax: every letter survives, except those of BREAK markers.
+    The one error is a malformed number closing a group, as in A1111."""
+    try:
+        fragments = parse_a1111(text)
+    except ValueError as error:
+        assert "malformed" in str(error)
+        return
+    markers = sum(is_break(t, w) for t, w in fragments)
+    kept = "".join(t for t, w in fragments if not is_break(t, w))
+    assert sum(c in "abBREAK" for c in kept) == sum(c in "abBREAK" for c in text) - 5 * markers
+    assert all(fragments[i][1] != fragments[i + 1][1] for i in range(len(fragments) - 1))  # equal weights merged
 
 
 # ---- what reaches the parser -----------------------------------------------------------------------------------------
