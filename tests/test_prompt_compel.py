@@ -2,6 +2,7 @@
 against compel's `CompelForSD` / `CompelForSDXL` on tiny SD-1 and SDXL pipelines (weighted, down-weighted, long,
 blended and conjoined prompts, batches, negatives)."""
 
+import copy
 import warnings
 
 import pytest
@@ -208,3 +209,20 @@ def test_compel_embeddings_drive_the_pipelines(sd_pipe, sdxl_pipe):
         embeds = PromptEncoder.from_pipeline(pipe, syntax="compel").encode(LONG + " cat++", negative_prompt="lowres")
         images = tiny.generate(pipe, **embeds)
         assert images.shape == (1, 32, 32, 3) and bool((images == images).all())
+
+
+def test_multi_vector_textual_inversion_equals_compel_with_its_diffusers_manager(tmp_path, encoders):
+    """Multi-vector tokens expand to all their vectors, as compel does given `DiffusersTextualInversionManager`."""
+    from compel.diffusers_textual_inversion_manager import DiffusersTextualInversionManager
+    from safetensors.torch import save_file
+
+    # its own copy of the encoder: loading an embedding grows the token table
+    pipe = tiny.sd_pipeline(*tiny.sd_unet_and_vae(), copy.deepcopy(encoders[0]), tiny.tokenizer(tiny.EOS_TOKEN))
+    vectors = torch.randn(2, tiny.HIDDEN, generator=torch.Generator().manual_seed(3))
+    save_file({"<tiny-concept>": vectors}, str(tmp_path / "concept.safetensors"))
+    pipe.load_textual_inversion(str(tmp_path / "concept.safetensors"))
+    for prompt in ("a photo of <tiny-concept>++ on a beach", "a (<tiny-concept> cat)0.5, beach"):
+        manager = DiffusersTextualInversionManager(pipe)
+        expected = CompelForSD(pipe, textual_inversion_manager=manager)(prompt, negative_prompt="lowres")
+        result = PromptEncoder.from_pipeline(pipe, syntax="compel").encode(prompt, negative_prompt="lowres")
+        assert_same(result["prompt_embeds"], expected.embeds, prompt)

@@ -517,7 +517,11 @@ def split_point(tokenizer, ids: list[int], length: int) -> int:
 
 
 class CompelEncoder:
-    """compel's embeddings of parsed prompts for one tokenizer and text encoder (a `TextEncoderRunner`)."""
+    """compel's embeddings of parsed prompts for one tokenizer and text encoder (a `TextEncoderRunner`).
+
+    Multi-vector textual-inversion tokens (`<t>`, `<t>_1`, ...) expand to all their vectors, as compel does when
+    given its `DiffusersTextualInversionManager` (`expand_textual_inversion=False`: compel without one).
+    """
 
     def __init__(self, runner, expand_textual_inversion: bool = True):
         self.runner = runner
