@@ -9,7 +9,7 @@ A prompt only reproduces when it is encoded by the rules of the tool it was tune
 | `syntax=` | weights | long prompts | rules in |
 |---|---|---|---|
 | `"a1111"` (default) | `(x)` x1.1, `[x]` /1.1, `(x:w)`; chunk scaled by `w`, mean restored | 75-token chunks, comma backtracking, `BREAK` | `conditioning_a1111` |
-| `"comfyui"` | `(x)` x1.1, `(x:w)` sets `w`; moves a token toward the empty prompt's | 75-token chunks, short words kept whole | `conditioning_comfyui` |
+| `"comfyui"` | `(x)` x1.1, `(x:w)` sets `w`; moves a token toward the empty prompt's | 75-token chunks, short segments kept whole | `conditioning_comfyui` |
 | `"compel"` | `x++`, `(x)1.3`, `.blend()`, `.and()`; compel's up/down weighting | compel's splitting | `conditioning_compel` |
 | `"balanced"` | A1111's brackets, unpaired ones literal | 75-token chunks, no backtracking | `conditioning_balanced` |
 
