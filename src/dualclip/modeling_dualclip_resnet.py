@@ -266,7 +266,9 @@ class DualClipResNet(DualClipPreTrainedModel):
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
-    def forward(self, pixel_values, interpolate_pos_encoding=False, pooled_only=False, **kwargs: Unpack[TransformersKwargs]):
+    def forward(
+        self, pixel_values, interpolate_pos_encoding=False, pooled_only=False, **kwargs: Unpack[TransformersKwargs]
+    ):
         """Encodes `pixel_values` (batch, channels, height, width); other sizes than `image_size` need
         `interpolate_pos_encoding=True`. `pooled_only` changes nothing: the attention pool already computes only its
         one query."""

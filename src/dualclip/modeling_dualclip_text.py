@@ -200,7 +200,9 @@ class DualClipTextTransformer(DualClipPreTrainedModel):
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
-    def forward(self, input_ids, attention_mask=None, position_ids=None, pooled_only=False, **kwargs: Unpack[TransformersKwargs]):
+    def forward(
+        self, input_ids, attention_mask=None, position_ids=None, pooled_only=False, **kwargs: Unpack[TransformersKwargs]
+    ):
         """Encodes `input_ids` (batch, sequence). `pooled_only=True`: the last layer computes the pooled position
         alone and `last_hidden_state` is `(batch, 1, hidden)`, that position."""
         config = self.config
@@ -235,7 +237,9 @@ class DualClipTextTransformer(DualClipPreTrainedModel):
 
 
 # As transformers' `CLIPTextModel`, the tower reads checkpoints that still carry its `text_model.` prefix.
-register_checkpoint_conversion_mapping("DualClipTextTransformer", [PrefixChange(prefix_to_remove="text_model")], overwrite=True)
+register_checkpoint_conversion_mapping(
+    "DualClipTextTransformer", [PrefixChange(prefix_to_remove="text_model")], overwrite=True
+)
 
 
 __all__ = ["DualClipTextConfig", "DualClipTextTransformer"]

@@ -171,7 +171,9 @@ class DualClipVisionTransformer(DualClipPreTrainedModel):
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
-    def forward(self, pixel_values, interpolate_pos_encoding=False, pooled_only=False, **kwargs: Unpack[TransformersKwargs]):
+    def forward(
+        self, pixel_values, interpolate_pos_encoding=False, pooled_only=False, **kwargs: Unpack[TransformersKwargs]
+    ):
         """`pooled_only=True`: the last layer computes only the class token, the one position pooling reads, and
         `last_hidden_state` is that position alone."""
         check_pixel_values(pixel_values, self.config, interpolate_pos_encoding)
@@ -188,7 +190,9 @@ class DualClipVisionTransformer(DualClipPreTrainedModel):
 
 
 # As transformers' `CLIPVisionModel`, the tower reads checkpoints that still carry its `vision_model.` prefix.
-register_checkpoint_conversion_mapping("DualClipVisionTransformer", [PrefixChange(prefix_to_remove="vision_model")], overwrite=True)
+register_checkpoint_conversion_mapping(
+    "DualClipVisionTransformer", [PrefixChange(prefix_to_remove="vision_model")], overwrite=True
+)
 
 
 __all__ = ["DualClipVisionConfig", "DualClipVisionTransformer"]

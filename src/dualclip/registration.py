@@ -19,7 +19,6 @@ from .modeling_dualclip import (
     DualClipVisionModelWithProjection,
 )
 from .modeling_dualclip_text import DualClipTextConfig
-from .modeling_dualclip_vit import DualClipVisionConfig
 from .processing_dualclip import DualClipProcessor
 from .tokenization_dualclip import DualClipTokenizer
 from .towers import TOWERS

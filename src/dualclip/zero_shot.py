@@ -100,5 +100,15 @@ def classify(model, processor, images: Sequence, labels: Sequence[str], template
     """
     text = embed_texts(model, processor, format_labels(labels, template))
     image = embed_images(model, processor, images)
-    logits = image @ text.T * model.logit_scale.detach().float().exp()
+    logits = image @ text.T * _logit_scale(model)
     return torch.softmax(logits, dim=-1).numpy()
+
+
+def _logit_scale(model) -> float:
+    """`exp(logit_scale)`, unclamped; read through accelerate when `device_map` offloaded it (a meta tensor)."""
+    if model.logit_scale.device.type != "meta":
+        return model.logit_scale.detach().float().exp().item()
+    from accelerate.utils import align_module_device
+
+    with align_module_device(model, torch.device("cpu")):
+        return model.logit_scale.detach().float().exp().item()
