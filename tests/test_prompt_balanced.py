@@ -215,7 +215,9 @@ def test_weighting_restores_the_chunk_mean(encoders, tok):
 
     result = PromptEncoder(tok, text_encoder, syntax="balanced").encode(prompt)
     torch.testing.assert_close(result["prompt_embeds"][0], expected, atol=1e-6, rtol=1e-6)
-    assert float(result["prompt_embeds"].mean()) == pytest.approx(float(plain.mean()), rel=1e-5)
+    # The mean restored is near 0 (LayerNorm output): compare on the scale of the features, not relative to it.
+    scale = float(plain.abs().max())
+    assert float(result["prompt_embeds"].mean()) == pytest.approx(float(plain.mean()), abs=1e-6 * scale)
 
 
 def test_every_text_is_padded_with_empty_chunks(encoders, tok):
