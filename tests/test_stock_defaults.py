@@ -211,3 +211,19 @@ def test_public_fast_api_exists_where_projections_do():
     for cls in (DualClipModel, DualClipVisionModelWithProjection):
         assert callable(cls.encode_image)
     assert dualclip.DualClipResNetConfig.model_type == "dualclip_resnet_vision_model"
+
+
+@pytest.mark.parametrize("our_class", [DualClipTextModel, DualClipTextModelWithProjection, DualClipModel])
+def test_save_pretrained_takes_what_diffusers_passes_by_name(our_class, tmp_path):
+    """diffusers passes `variant`, `max_shard_size`, ... to a component's `save_pretrained` only when its signature
+    names them (as `PreTrainedModel.save_pretrained` does); with `variant` the weights file carries it."""
+    import inspect
+
+    ours = inspect.signature(our_class.save_pretrained).parameters
+    stock = inspect.signature(transformers.PreTrainedModel.save_pretrained).parameters
+    assert list(ours) == list(stock)
+    assert ours["save_original_format"].default is False  # dualclip's prefixed layout, always
+    config = {DualClipModel: DualClipConfig(**MODEL)}.get(our_class, DualClipTextConfig(**TEXT))
+    our_class(config).save_pretrained(tmp_path, variant="fp16", max_shard_size="50MB")
+    assert (tmp_path / "model.fp16.safetensors").is_file() and not (tmp_path / "model.safetensors").exists()
+    assert our_class.from_pretrained(tmp_path, variant="fp16") is not None
