@@ -1,5 +1,5 @@
-"""Layers shared by dualclip's transformer towers: attention on transformers' attention interface, the MLP,
-LayerScale, the pre-norm layer and the encoder stack.
+"""Layers shared by dualclip's towers: attention on transformers' attention interface, the MLP, LayerScale, the
+pre-norm layer and the encoder stack; and the input check every image tower makes.
 
 Attention runs through `ALL_ATTENTION_FUNCTIONS` (eager, sdpa, flex, flash, registered kernels) with masks from
 transformers' mask utilities, exactly as transformers' CLIP does. Module and parameter names follow transformers
@@ -182,3 +182,25 @@ class DualClipEncoder(nn.Module):
                 hidden_states = layer(hidden_states, attention_mask, **kwargs)
         return BaseModelOutput(last_hidden_state=hidden_states)
 
+
+def check_pixel_values(pixel_values, config, interpolate_pos_encoding: bool) -> None:
+    """Raises a `ValueError` naming `pixel_values` when it is not a (batch, channels, height, width) image batch.
+
+    NaN pixels are not checked (that would sync the device): they give NaN features for that image only.
+    """
+    if pixel_values is None:
+        raise ValueError("pixel_values is required: a (batch, channels, height, width) float tensor")
+    if not torch.is_tensor(pixel_values) or pixel_values.dim() != 4 or not pixel_values.is_floating_point():
+        shape = tuple(pixel_values.shape) if torch.is_tensor(pixel_values) else type(pixel_values).__name__
+        raise ValueError(f"pixel_values must be a float tensor of shape (batch, channels, height, width), got {shape}")
+    batch, channels, height, width = pixel_values.shape
+    if batch == 0:
+        raise ValueError("pixel_values is empty (batch of 0 images)")
+    if channels != config.num_channels:
+        raise ValueError(f"pixel_values has {channels} channels, the model expects {config.num_channels}")
+    size = config.image_size
+    if not interpolate_pos_encoding and (height, width) != (size, size):
+        raise ValueError(
+            f"pixel_values is {height}x{width}, the model expects {size}x{size}; "
+            "pass interpolate_pos_encoding=True to run at another size"
+        )

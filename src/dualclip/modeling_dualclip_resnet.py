@@ -24,7 +24,7 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_dualclip_base import TowerConfig
 from .modeling_dualclip_base import DualClipPreTrainedModel
-from .modeling_dualclip_vit import check_pixel_values
+from .modeling_dualclip_layers import check_pixel_values
 
 # Each Bottleneck widens its input `planes` by this factor; the final feature map has 32 x `resnet_width` channels.
 BOTTLENECK_EXPANSION = 4

@@ -23,7 +23,13 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_dualclip_base import TowerConfig
 from .modeling_dualclip_base import DualClipPreTrainedModel
-from .modeling_dualclip_layers import DualClipAttention, DualClipEncoder, DualClipEncoderLayer, PooledQuery
+from .modeling_dualclip_layers import (
+    DualClipAttention,
+    DualClipEncoder,
+    DualClipEncoderLayer,
+    PooledQuery,
+    check_pixel_values,
+)
 
 
 @strict
@@ -76,29 +82,6 @@ class DualClipVisionConfig(TowerConfig, PreTrainedConfig):
             raise ValueError(f"`image_size` ({self.image_size}) must be a multiple of `patch_size` ({self.patch_size})")
         if self.layer_scale_init_value is not None and self.layer_scale_init_value <= 0:
             raise ValueError(f"`layer_scale_init_value` must be None or positive, got {self.layer_scale_init_value}")
-
-
-def check_pixel_values(pixel_values, config, interpolate_pos_encoding: bool) -> None:
-    """Raises a `ValueError` naming `pixel_values` when it is not a (batch, channels, height, width) image batch.
-
-    NaN pixels are not checked (that would sync the device): they give NaN features for that image only.
-    """
-    if pixel_values is None:
-        raise ValueError("pixel_values is required: a (batch, channels, height, width) float tensor")
-    if not torch.is_tensor(pixel_values) or pixel_values.dim() != 4 or not pixel_values.is_floating_point():
-        shape = tuple(pixel_values.shape) if torch.is_tensor(pixel_values) else type(pixel_values).__name__
-        raise ValueError(f"pixel_values must be a float tensor of shape (batch, channels, height, width), got {shape}")
-    batch, channels, height, width = pixel_values.shape
-    if batch == 0:
-        raise ValueError("pixel_values is empty (batch of 0 images)")
-    if channels != config.num_channels:
-        raise ValueError(f"pixel_values has {channels} channels, the model expects {config.num_channels}")
-    size = config.image_size
-    if not interpolate_pos_encoding and (height, width) != (size, size):
-        raise ValueError(
-            f"pixel_values is {height}x{width}, the model expects {size}x{size}; "
-            "pass interpolate_pos_encoding=True to run at another size"
-        )
 
 
 class DualClipVisionEmbeddings(nn.Module):
