@@ -70,6 +70,14 @@ class DualClipConfig(TranslatesClipConfigs, PreTrainedConfig):
             raise ValueError("`logit_bias_init_value` must be set when loss_type='sigmoid' (SigLIP initialises it to -10.0)")
         if self.logit_scale_init_value is None or not math.isfinite(self.logit_scale_init_value):
             raise ValueError(f"`logit_scale_init_value` must be a finite number, got {self.logit_scale_init_value!r}")
+        for side in ("text_config", "vision_config"):
+            tower = getattr(self, side)
+            # A family whose tower ends in its own head writes into the joint space itself: no projection to resize.
+            if getattr(tower, "pooled_output_projected", False) and tower.projection_dim != self.projection_dim:
+                raise ValueError(
+                    f"`projection_dim` ({self.projection_dim}) must equal the width of the {side} tower's pooled "
+                    f"output ({tower.projection_dim}): that tower projects into the joint space itself"
+                )
 
 
 __all__ = ["DualClipConfig"]

@@ -76,6 +76,19 @@ def l2_normalize(features: torch.Tensor) -> torch.Tensor:
     return features / features.float().norm(p=2, dim=-1, keepdim=True).to(features.dtype)
 
 
+def joint_projection(tower_config, in_features: int, out_features: int) -> nn.Module:
+    """The map from a tower's pooled output into the joint space: a Linear (`projection_bias` from the tower config),
+    or the identity, without weights, for a family whose tower ends in its own head (`pooled_output_projected`)."""
+    if getattr(tower_config, "pooled_output_projected", False):
+        return nn.Identity()
+    return nn.Linear(in_features, out_features, bias=tower_config.projection_bias)
+
+
+def _init_projection(projection: nn.Module, std: float) -> None:
+    if isinstance(projection, nn.Linear):
+        init.normal_(projection.weight, std=std)
+
+
 # Keys of the other tower found when one tower loads a full CLIP folder: expected, not worth a warning.
 _IMAGE_SIDE_KEYS = [r"^vision_model\.", r"^visual_projection\."]
 _TEXT_SIDE_KEYS = [r"^text_model\.", r"^text_projection\."]
@@ -183,11 +196,11 @@ class DualClipTextModelWithProjection(_TextSide, DualClipPreTrainedModel):
     def __init__(self, config: DualClipTextConfig):
         super().__init__(config)
         self.text_model = build_tower(config)
-        self.text_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=config.projection_bias)
+        self.text_projection = joint_projection(config, config.hidden_size, config.projection_dim)
         self.post_init()
 
     def init_dualclip_weights(self, factor: float) -> None:
-        init.normal_(self.text_projection.weight, std=self.config.hidden_size**-0.5 * factor)
+        _init_projection(self.text_projection, self.config.hidden_size**-0.5 * factor)
 
     @can_return_tuple
     def forward(
@@ -253,11 +266,11 @@ class DualClipVisionModelWithProjection(_VisionSide, DualClipPreTrainedModel):
     def __init__(self, config: DualClipVisionConfig):
         super().__init__(config)
         self.vision_model = build_tower(config)
-        self.visual_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=config.projection_bias)
+        self.visual_projection = joint_projection(config, config.hidden_size, config.projection_dim)
         self.post_init()
 
     def init_dualclip_weights(self, factor: float) -> None:
-        init.normal_(self.visual_projection.weight, std=self.config.hidden_size**-0.5 * factor)
+        _init_projection(self.visual_projection, self.config.hidden_size**-0.5 * factor)
 
     @can_return_tuple
     def forward(
@@ -301,10 +314,8 @@ class DualClipModel(_TextSide, _VisionSide, DualClipPreTrainedModel):
         self.vision_embed_dim = vision_config.hidden_size
         self.text_model = build_tower(text_config)
         self.vision_model = build_tower(vision_config)
-        self.visual_projection = nn.Linear(
-            self.vision_embed_dim, self.projection_dim, bias=vision_config.projection_bias
-        )
-        self.text_projection = nn.Linear(self.text_embed_dim, self.projection_dim, bias=text_config.projection_bias)
+        self.visual_projection = joint_projection(vision_config, self.vision_embed_dim, self.projection_dim)
+        self.text_projection = joint_projection(text_config, self.text_embed_dim, self.projection_dim)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
         if config.logit_bias_init_value is not None:
             self.logit_bias = nn.Parameter(torch.tensor(float(config.logit_bias_init_value)))
@@ -316,8 +327,8 @@ class DualClipModel(_TextSide, _VisionSide, DualClipPreTrainedModel):
         return self.text_model.get_input_embeddings()
 
     def init_dualclip_weights(self, factor: float) -> None:
-        init.normal_(self.text_projection.weight, std=self.text_embed_dim**-0.5 * factor)
-        init.normal_(self.visual_projection.weight, std=self.vision_embed_dim**-0.5 * factor)
+        _init_projection(self.text_projection, self.text_embed_dim**-0.5 * factor)
+        _init_projection(self.visual_projection, self.vision_embed_dim**-0.5 * factor)
         init.constant_(self.logit_scale, self.config.logit_scale_init_value)
         if self.logit_bias is not None:
             init.constant_(self.logit_bias, self.config.logit_bias_init_value)

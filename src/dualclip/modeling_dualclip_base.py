@@ -54,7 +54,7 @@ class DualClipPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         """transformers' default init, then the module's own (OpenAI's scheme, as transformers CLIP), scaled by
-        `initializer_factor`."""
+        `initializer_factor` (1 for a tower config without one, as transformers' SigLIP tower configs)."""
         super()._init_weights(module)
         if hasattr(module, "init_dualclip_weights"):
-            module.init_dualclip_weights(self.config.initializer_factor)
+            module.init_dualclip_weights(getattr(self.config, "initializer_factor", 1.0))

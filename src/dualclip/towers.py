@@ -13,15 +13,25 @@ need from it:
 """
 
 from .modeling_dualclip_resnet import DualClipResNet, DualClipResNetConfig
+from .modeling_dualclip_siglip import (
+    DualClipSiglipTextConfig,
+    DualClipSiglipTextTransformer,
+    DualClipSiglipVisionConfig,
+    DualClipSiglipVisionTransformer,
+)
 from .modeling_dualclip_text import DualClipTextConfig, DualClipTextTransformer
 from .modeling_dualclip_vit import DualClipVisionConfig, DualClipVisionTransformer
 
 # side (the config key in `DualClipConfig`) -> {model_type: (config class, tower class)}; the first is the default.
 TOWERS = {
-    "text_config": {DualClipTextConfig.model_type: (DualClipTextConfig, DualClipTextTransformer)},
+    "text_config": {
+        DualClipTextConfig.model_type: (DualClipTextConfig, DualClipTextTransformer),
+        DualClipSiglipTextConfig.model_type: (DualClipSiglipTextConfig, DualClipSiglipTextTransformer),
+    },
     "vision_config": {
         DualClipVisionConfig.model_type: (DualClipVisionConfig, DualClipVisionTransformer),
         DualClipResNetConfig.model_type: (DualClipResNetConfig, DualClipResNet),
+        DualClipSiglipVisionConfig.model_type: (DualClipSiglipVisionConfig, DualClipSiglipVisionTransformer),
     },
 }
 

@@ -1,0 +1,205 @@
+"""The SigLIP tower family: transformers' SiglipModel and DualClipModel with the SigLIP towers compute the same
+features and logits from the same (perturbed) weights; the family saves, loads through AutoModel, and loads with
+`trust_remote_code=True` where dualclip is absent."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import AutoModel, SiglipConfig, SiglipModel
+
+import dualclip  # noqa: F401  (registers the Auto classes)
+from dualclip import DualClipConfig, DualClipModel, DualClipTextModel, DualClipVisionModelWithProjection
+from dualclip.modeling_dualclip_siglip import DualClipSiglipTextConfig, DualClipSiglipVisionConfig
+
+# Every width differs so that a transposed or swapped tensor cannot load; pad/bos/eos inside the small vocabulary.
+TEXT = dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=16, projection_size=24, pad_token_id=1, bos_token_id=2, eos_token_id=3)
+VISION = dict(hidden_size=24, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+              patch_size=8)
+LOGIT_SCALE = math.log(100.0) + 0.4  # above OpenCLIP's CLIP cap, as SigLIP's trained scales are
+LOGIT_BIAS = -3.5
+
+
+def dualclip_config(**overrides):
+    return DualClipConfig(
+        text_config=DualClipSiglipTextConfig(**TEXT), vision_config=DualClipSiglipVisionConfig(**VISION),
+        projection_dim=24, logit_scale_init_value=LOGIT_SCALE, logit_bias_init_value=LOGIT_BIAS,
+        logit_scale_max=None, loss_type="sigmoid", **overrides,
+    )
+
+
+def relative_error(got, want):
+    return float((got - want).abs().max() / want.abs().max())
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """A stock SiglipModel with every parameter moved away from its initial value."""
+    torch.manual_seed(0)
+    model = SiglipModel(SiglipConfig(text_config=TEXT, vision_config=VISION)).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+        model.logit_scale.fill_(LOGIT_SCALE)
+        model.logit_bias.fill_(LOGIT_BIAS)
+    return model
+
+
+def siglip_state_dict_for_dualclip(model, reference_state):
+    """The stock state dict under the same keys; SiglipModel keeps `logit_scale`/`logit_bias` as 1-element
+    vectors, DualClipModel as scalars (the one difference, a shape and not a name)."""
+    own = model.state_dict()
+    assert set(reference_state) == set(own)
+    return {key: value.reshape(own[key].shape) for key, value in reference_state.items()}
+
+
+@pytest.fixture(scope="module")
+def converted(reference):
+    model = DualClipModel(dualclip_config()).eval()
+    model.load_state_dict(siglip_state_dict_for_dualclip(model, reference.state_dict()))
+    return model
+
+
+def inputs():
+    generator = torch.Generator().manual_seed(1)
+    # Padded to the full length, as SigLIP was trained (and as its processor pads): the last position is pooled.
+    input_ids = torch.full((3, TEXT["max_position_embeddings"]), TEXT["pad_token_id"])
+    for row, length in enumerate((5, 9, 16)):
+        input_ids[row, :length] = torch.randint(4, TEXT["vocab_size"], (length,), generator=generator)
+    pixel_values = torch.randn(2, 3, VISION["image_size"], VISION["image_size"], generator=generator)
+    return input_ids, pixel_values
+
+
+def test_state_dict_keys_are_siglip_models(reference, converted):
+    assert set(converted.state_dict()) == set(reference.state_dict())
+    assert isinstance(converted.text_projection, torch.nn.Identity)
+    assert isinstance(converted.visual_projection, torch.nn.Identity)
+
+
+@torch.no_grad()
+def test_features_and_logits_equal_siglip_model(reference, converted):
+    input_ids, pixel_values = inputs()
+    want = reference(input_ids=input_ids, pixel_values=pixel_values)
+    got = converted(input_ids=input_ids, pixel_values=pixel_values)
+
+    assert relative_error(got.text_embeds, want.text_embeds) < 1e-5
+    assert relative_error(got.image_embeds, want.image_embeds) < 1e-5
+    assert relative_error(got.logits_per_text, want.logits_per_text) < 1e-5
+    assert relative_error(got.logits_per_image, want.logits_per_image) < 1e-5
+    assert relative_error(got.text_model_output.last_hidden_state, want.text_model_output.last_hidden_state) < 1e-5
+    assert relative_error(got.vision_model_output.last_hidden_state, want.vision_model_output.last_hidden_state) < 1e-5
+    # The unnormalised features, through stock's and dualclip's feature methods.
+    text_features = reference.get_text_features(input_ids=input_ids).pooler_output
+    image_features = reference.get_image_features(pixel_values=pixel_values).pooler_output
+    assert relative_error(converted.get_text_features(input_ids).pooler_output, text_features) < 1e-5
+    assert relative_error(converted.encode_text(input_ids), text_features) < 1e-5
+    assert relative_error(converted.encode_image(pixel_values), image_features) < 1e-5
+    # The sigmoid loss is SiglipModel's (one process).
+    want_loss = reference(input_ids=input_ids[:2], pixel_values=pixel_values, return_loss=True).loss
+    got_loss = converted(input_ids=input_ids[:2], pixel_values=pixel_values, return_loss=True).loss
+    assert abs(float(got_loss) - float(want_loss)) <= 1e-5 * abs(float(want_loss))
+
+
+@torch.no_grad()
+def test_hidden_states_attentions_and_pooled_only_equal_siglip_model(reference, converted):
+    input_ids, pixel_values = inputs()
+    # Attention weights come from the eager implementation only (sdpa returns none, for stock as for us).
+    reference.set_attn_implementation("eager")
+    converted.set_attn_implementation("eager")
+    try:
+        want = reference.text_model(input_ids, output_hidden_states=True, output_attentions=True)
+        got = converted.text_model(input_ids, output_hidden_states=True, output_attentions=True)
+    finally:
+        reference.set_attn_implementation("sdpa")
+        converted.set_attn_implementation("sdpa")
+    assert len(got.hidden_states) == len(want.hidden_states) == TEXT["num_hidden_layers"] + 1
+    assert len(got.attentions) == len(want.attentions) == TEXT["num_hidden_layers"]
+    for g, w in zip(got.hidden_states + got.attentions, want.hidden_states + want.attentions):
+        assert relative_error(g, w) < 1e-5
+    want_vision = reference.vision_model(pixel_values, output_hidden_states=True)
+    got_vision = converted.vision_model(pixel_values, output_hidden_states=True)
+    assert len(got_vision.hidden_states) == len(want_vision.hidden_states)
+    # pooled_only computes everything for this family (MAP head, bidirectional text): same numbers.
+    pooled = converted(input_ids=input_ids, pixel_values=pixel_values, pooled_only=True)
+    full = converted(input_ids=input_ids, pixel_values=pixel_values)
+    assert torch.equal(pooled.logits_per_text, full.logits_per_text)
+
+
+def test_config_checks():
+    with pytest.raises(Exception, match="projection_dim"):
+        DualClipConfig(text_config=DualClipSiglipTextConfig(**TEXT), vision_config=DualClipSiglipVisionConfig(**VISION))
+    with pytest.raises(Exception, match="vision_use_head"):
+        DualClipSiglipVisionConfig(**VISION, vision_use_head=False)
+
+
+@torch.no_grad()
+def test_save_and_auto_model_round_trip(tmp_path, converted):
+    converted.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["text_config"]["model_type"] == "dualclip_siglip_text_model"
+    assert saved["vision_config"]["model_type"] == "dualclip_siglip_vision_model"
+    assert "pooled_output_projected" not in saved["text_config"]
+    assert (tmp_path / "modeling_dualclip_siglip.py").exists()
+
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(loaded) is DualClipModel
+    for side in ("text_config", "vision_config"):
+        got, want = getattr(loaded.config, side).to_dict(), getattr(converted.config, side).to_dict()
+        assert {k: v for k, v in got.items() if k != "dtype"} == {k: v for k, v in want.items() if k != "dtype"}
+    for key, value in converted.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    input_ids, pixel_values = inputs()
+    assert torch.equal(loaded(input_ids=input_ids, pixel_values=pixel_values).logits_per_text,
+                       converted(input_ids=input_ids, pixel_values=pixel_values).logits_per_text)
+
+    # Each tower alone from the full folder; the projection towers hold an identity.
+    text = DualClipTextModel.from_pretrained(tmp_path, config=converted.config.text_config)
+    assert torch.equal(text(input_ids).pooler_output, converted.encode_text(input_ids))
+    vision = DualClipVisionModelWithProjection.from_pretrained(tmp_path, config=converted.config.vision_config)
+    assert torch.equal(vision(pixel_values).image_embeds, converted.encode_image(pixel_values))
+
+
+REMOTE_SCRIPT = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    class RefuseDualclip(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "dualclip" or name.startswith("dualclip."):
+                raise ImportError("dualclip is not installed in this process")
+
+    sys.meta_path.insert(0, RefuseDualclip())
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+    batch = torch.load(sys.argv[2])
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"]).logits_per_text
+    print(json.dumps({"module": type(model).__module__, "tower": type(model.vision_model).__name__,
+                      "logits": logits.tolist()}))
+    """
+)
+
+
+@torch.no_grad()
+def test_trust_remote_code_loads_without_dualclip(tmp_path, converted):
+    folder = tmp_path / "model"
+    converted.save_pretrained(folder)
+    input_ids, pixel_values = inputs()
+    torch.save({"input_ids": input_ids, "pixel_values": pixel_values}, tmp_path / "batch.pt")
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", REMOTE_SCRIPT, str(folder), str(tmp_path / "batch.pt")],
+                            capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not report["module"].startswith("dualclip")
+    assert report["tower"] == "DualClipSiglipVisionTransformer"
+    want = converted(input_ids=input_ids, pixel_values=pixel_values).logits_per_text
+    assert torch.equal(torch.tensor(report["logits"]), want)
