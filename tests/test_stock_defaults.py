@@ -227,3 +227,19 @@ def test_save_pretrained_takes_what_diffusers_passes_by_name(our_class, tmp_path
     our_class(config).save_pretrained(tmp_path, variant="fp16", max_shard_size="50MB")
     assert (tmp_path / "model.fp16.safetensors").is_file() and not (tmp_path / "model.safetensors").exists()
     assert our_class.from_pretrained(tmp_path, variant="fp16") is not None
+
+
+def test_fast_api_keeps_a_padding_mask_the_pooled_positions_can_see(stock_folder, stock):
+    """Right padding (after EOS) cannot reach a pooled position under the causal mask and is dropped by the fast
+    path; left padding can, and is kept: both give stock's features."""
+    ours = DualClipModel.from_pretrained(stock_folder).eval()
+    ids, mask = text_batch(lengths=(5, 16, 9, 2))
+    left_ids, left_mask = ids.clone(), mask.clone()
+    for row, length in enumerate(mask.sum(-1).tolist()):  # move each caption to the end of its row
+        left_ids[row] = torch.roll(ids[row], 16 - length)
+        left_mask[row] = torch.roll(mask[row], 16 - length)
+    with torch.no_grad():
+        for batch_ids, batch_mask in ((ids, mask), (left_ids, left_mask)):
+            expected = stock.get_text_features(input_ids=batch_ids, attention_mask=batch_mask).pooler_output
+            got = ours.encode_text(batch_ids, attention_mask=batch_mask)
+            assert max_diff(got, expected) < TOLERANCE

@@ -187,11 +187,21 @@ class DualClipTextTransformer(DualClipPreTrainedModel):
 
     def truncate_for_pooling(self, input_ids, attention_mask=None, position_ids=None):
         """Under a causal mask, positions after the batch's last pooled position cannot change any pooled output:
-        cuts them off (rounded up to a multiple of 8). Syncs once with the device to read that length."""
+        cuts them off (rounded up to a multiple of 8). Likewise a padding mask that hides nothing at or before any
+        row's pooled position (right padding, as tokenizers pad) cannot change one, and is dropped, which lets
+        attention run its unmasked causal kernel. Syncs once with the device to read both facts."""
         if not self.config.causal_mask:
             return input_ids, attention_mask, position_ids
-        needed = int(self.pooled_positions(input_ids).max()) + 1
+        positions = self.pooled_positions(input_ids)
+        facts = [positions.max() + 1]
+        if attention_mask is not None:
+            keys = torch.arange(input_ids.shape[-1], device=input_ids.device)
+            seen_by_pooled = keys[None, :] <= positions[:, None]
+            facts.append(((attention_mask == 0) & seen_by_pooled).any().to(facts[0].dtype))
+        needed, *padding_seen = torch.stack(facts).tolist()
         keep = min(-(-needed // TRUNCATION_BUCKET) * TRUNCATION_BUCKET, input_ids.shape[-1])
+        if attention_mask is not None and not padding_seen[0]:
+            attention_mask = None
         return (
             input_ids[:, :keep],
             None if attention_mask is None else attention_mask[:, :keep],
