@@ -203,3 +203,117 @@ def test_trust_remote_code_loads_without_dualclip(tmp_path, converted):
     assert report["tower"] == "DualClipSiglipVisionTransformer"
     want = converted(input_ids=input_ids, pixel_values=pixel_values).logits_per_text
     assert torch.equal(torch.tensor(report["logits"]), want)
+
+
+# OpenCLIP's ViT-B-16-SigLIP at reduced width and depth: its model config with a tiny timm ViT (MAP pooling, no
+# class token), registered with timm under a name of its own.
+OPENCLIP_TIMM_NAME = "vit_dualclip_test_siglip_map"
+OPENCLIP_CFG = {
+    "embed_dim": 24,
+    "init_logit_bias": -10,
+    "custom_text": True,
+    "vision_cfg": {"image_size": 32, "timm_model_name": OPENCLIP_TIMM_NAME, "timm_model_pretrained": False,
+                   "timm_pool": "map", "timm_proj": "none"},
+    "text_cfg": {"context_length": 16, "vocab_size": 99, "width": 32, "heads": 4, "layers": 2, "mlp_ratio": 1.25,
+                 "no_causal_mask": True, "proj_bias": True, "pool_type": "last", "norm_kwargs": {"eps": 1e-6}},
+}
+
+
+def import_timm():
+    """timm, importable behind the test-only torchvision stand-in: timm imports a few more torchvision names (dataset
+    classes, `transforms.functional.InterpolationMode`) than the stand-in has; they are added here, names only, for
+    this process. open_clip, if it was imported before timm could be, is told about timm."""
+    import enum
+    import importlib
+    import types
+
+    import torchvision
+    import torchvision.transforms.functional as functional
+
+    if torchvision.__version__.endswith("+stub"):
+        if "torchvision.datasets" not in sys.modules:
+            datasets = types.ModuleType("torchvision.datasets")
+            for name in ("CIFAR100", "CIFAR10", "MNIST", "KMNIST", "FashionMNIST", "ImageFolder"):
+                setattr(datasets, name, type(name, (), {}))
+            sys.modules["torchvision.datasets"] = torchvision.datasets = datasets
+        if not hasattr(functional, "InterpolationMode"):
+            modes = ("NEAREST", "NEAREST_EXACT", "BILINEAR", "BICUBIC", "BOX", "HAMMING", "LANCZOS")
+            functional.InterpolationMode = enum.Enum("InterpolationMode", {mode: mode.lower() for mode in modes})
+    import timm
+    import open_clip.timm_model
+
+    if open_clip.timm_model.timm is None:
+        importlib.reload(open_clip.timm_model)
+    return timm
+
+
+def register_tiny_timm_siglip():
+    timm = import_timm()
+    from timm.models import register_model
+    from timm.models.vision_transformer import VisionTransformer
+
+    if OPENCLIP_TIMM_NAME in timm.list_models(OPENCLIP_TIMM_NAME):
+        return
+
+    def vit_dualclip_test_siglip_map(pretrained=False, **kwargs):
+        kwargs = {k: v for k, v in kwargs.items() if not k.startswith("pretrained_cfg") and k != "cache_dir"}
+        return VisionTransformer(
+            **{"img_size": 32, "patch_size": 8, "embed_dim": 24, "depth": 2, "num_heads": 4, "mlp_ratio": 2.0,
+               "class_token": False, "global_pool": "map", **kwargs}
+        )
+
+    register_model(vit_dualclip_test_siglip_map)
+
+
+@pytest.fixture(scope="module")
+def openclip_siglip(tmp_path_factory):
+    import open_clip
+
+    register_tiny_timm_siglip()
+    folder = tmp_path_factory.mktemp("model_configs")
+    (folder / "test-dualclip-siglip.json").write_text(json.dumps(OPENCLIP_CFG))
+    open_clip.add_model_config(folder)
+    torch.manual_seed(2)
+    model = open_clip.create_model("test-dualclip-siglip").eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+        model.logit_scale.fill_(LOGIT_SCALE)
+        model.logit_bias.fill_(LOGIT_BIAS)
+    return model
+
+
+@torch.no_grad()
+def test_openclip_siglip_converts_to_the_same_features_and_logits(openclip_siglip):
+    from dualclip.conversion.siglip import openclip_siglip_to_siglip_state_dict
+
+    text = dict(TEXT, intermediate_size=40, projection_size=24, hidden_act="gelu")
+    vision = dict(VISION, intermediate_size=48, hidden_act="gelu")
+    config = DualClipConfig(
+        text_config=DualClipSiglipTextConfig(**text), vision_config=DualClipSiglipVisionConfig(**vision),
+        projection_dim=24, logit_bias_init_value=-10.0, logit_scale_max=None, loss_type="sigmoid",
+    )
+    model = DualClipModel(config).eval()
+    state = openclip_siglip_to_siglip_state_dict(openclip_siglip.state_dict())
+    assert set(state) == set(model.state_dict())
+    model.load_state_dict(state)
+
+    input_ids, pixel_values = inputs()
+    want_text = openclip_siglip.encode_text(input_ids)
+    want_image = openclip_siglip.encode_image(pixel_values)
+    want_logits = (openclip_siglip.logit_scale.exp() * torch.nn.functional.normalize(want_text, dim=-1)
+                   @ torch.nn.functional.normalize(want_image, dim=-1).t() + openclip_siglip.logit_bias)
+    got = model(input_ids=input_ids, pixel_values=pixel_values)
+    assert relative_error(got.text_model_output.pooler_output, want_text) < 1e-5
+    assert relative_error(got.vision_model_output.pooler_output, want_image) < 1e-5
+    assert relative_error(got.logits_per_text, want_logits) < 1e-5
+
+
+def test_openclip_siglip_conversion_names_what_it_cannot_place(openclip_siglip):
+    from dualclip.conversion import ConversionError
+    from dualclip.conversion.siglip import openclip_siglip_to_siglip_state_dict
+
+    state = dict(openclip_siglip.state_dict())
+    state["visual.trunk.blocks.0.ls1.gamma"] = torch.ones(24)
+    with pytest.raises(ConversionError, match=r"visual\.trunk\.blocks\.0\.ls1\.gamma"):
+        openclip_siglip_to_siglip_state_dict(state)
