@@ -131,6 +131,44 @@ def test_hidden_states_attentions_and_pooled_only_equal_siglip_model(reference, 
     assert torch.equal(pooled.logits_per_text, full.logits_per_text)
 
 
+@torch.no_grad()
+def test_attention_mask_and_other_image_sizes_as_siglip_model(reference, converted):
+    input_ids, _ = inputs()
+    attention_mask = (input_ids != TEXT["pad_token_id"]).long()
+    want = reference.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+    got = converted.get_text_features(input_ids, attention_mask).pooler_output
+    assert relative_error(got, want) < 1e-5  # applied as SiglipTextModel applies it
+    pixel_values = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(3))
+    want = reference.get_image_features(pixel_values=pixel_values, interpolate_pos_encoding=True).pooler_output
+    got = converted.get_image_features(pixel_values, interpolate_pos_encoding=True).pooler_output
+    assert relative_error(got, want) < 1e-5
+    with pytest.raises(ValueError, match="interpolate_pos_encoding"):
+        converted.get_image_features(pixel_values)
+
+
+def test_training_pieces_work_on_the_family(tmp_path):
+    model = DualClipModel(dualclip_config())
+    model.activation_checkpointing_enable()
+    model.train()
+    input_ids, pixel_values = inputs()
+    loss = model(input_ids=input_ids[:2], pixel_values=pixel_values, return_loss=True).loss
+    loss.backward()
+    assert model.text_model.head.weight.grad is not None and model.vision_model.head.probe.grad is not None
+    assert model.logit_bias.grad is not None
+
+    model.resize_token_embeddings(TEXT["vocab_size"] + 5)
+    assert model.text_model.embeddings.token_embedding.num_embeddings == TEXT["vocab_size"] + 5
+    assert model.config.text_config.vocab_size == TEXT["vocab_size"] + 5
+
+    # A tower alone saves and comes back through AutoModel as the side's tower class.
+    text = DualClipTextModel(DualClipSiglipTextConfig(**TEXT)).eval()
+    text.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(loaded) is DualClipTextModel
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids).pooler_output, text(input_ids).pooler_output)
+
+
 def test_config_checks():
     with pytest.raises(Exception, match="projection_dim"):
         DualClipConfig(text_config=DualClipSiglipTextConfig(**TEXT), vision_config=DualClipSiglipVisionConfig(**VISION))
