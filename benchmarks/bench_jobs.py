@@ -5,15 +5,17 @@
     python benchmarks/bench_jobs.py --images 2000 20000 --threads 2 --workers 1
     python benchmarks/bench_jobs.py --skip-embed --vectors 100000 --dim 512
 
-Embedding: a random ViT image tower (hidden 128, 4 layers, 32x32 input, patch 4: 65 tokens) saved as a model
+Embedding: a random ViT image tower (hidden 256, 4 layers, 32x32 input, patch 4: 65 tokens) saved as a model
 folder, and 64x64 JPEG files (small images, decoded and resized to 32x32 by the job's DataLoader workers). Each run
-is a fresh `dualclip embed` process (`python -m dualclip embed FOLDER --output OUT`); its items/s is the job's own
-count over its streaming loop, its peak RSS is `ru_maxrss` of the main process (and of the largest worker). The
-model-only figure runs the same model, threads and batch size on pixel tensors already in memory
-(`encode_image` + normalisation), which is the ceiling for the job.
+is a fresh process running `dualclip embed FOLDER --output OUT --model MODEL --workers W` through the CLI; its
+items/s is the job's own count over its streaming loop (worker start-up and the model's first call included), its
+peak RSS is `ru_maxrss` of the main process (and of the largest worker). The model-only figure runs the same
+model, threads and batch size on pixel tensors already in memory (`encode_image` + normalisation, warm), which is
+the ceiling for the job; it is measured just before and just after each job and averaged.
 
 Index: random unit vectors written as a finished embedding folder (float16, 10k-row shards), indexed by
-`dualclip.jobs.build_index` in a fresh process each (exact, and compressed IVF-PQ), then queried with k=10.
+`dualclip.jobs.build_index` in a fresh process each (exact, and compressed IVF-PQ forced), then queried with k=10
+by perturbed copies of stored vectors. Memory: resident size sampled every 5 ms during the build.
 """
 
 import argparse
@@ -35,7 +37,7 @@ def make_model(folder: str) -> None:
 
     config = DualClipConfig(
         text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2),
-        vision_config=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+        vision_config=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=8,
                            image_size=32, patch_size=4),
         projection_dim=64,
     )
@@ -83,22 +85,47 @@ def model_only(model_folder: str, images: int, batch_size: int, threads: int) ->
         return images / (time.perf_counter() - start)
 
 
+def data_only(model_folder: str, data: str, batch_size: int, workers: int) -> float:
+    """Images per second of the job's data path alone (listing, decoding, preprocessing in `workers` DataLoader
+    processes, batches handed to the main process), no model."""
+    from dualclip.jobs.sources import open_source
+    from dualclip.jobs.stream import BatchStream, make_loader
+    from dualclip.zero_shot import load_processor
+
+    processor = load_processor(model_folder)
+    source = open_source(data)
+    stream = BatchStream(source, list(range(source.num_shards)), batch_size, True, False, processor.image_processor,
+                         processor.tokenizer, 77)
+    start, count = time.perf_counter(), 0
+    for batch in make_loader(stream, workers):
+        count += len(batch["rows"])
+    return count / (time.perf_counter() - start)
+
+
 def embed_run(model_folder: str, data: str, output: str, batch_size: int, threads: int, workers: int) -> dict:
-    """One fresh `dualclip embed` process; its summary, wall time and peak RSS."""
+    """One fresh `dualclip embed` process (the CLI); its items/s, wall time and peak RSS."""
+    argv = ["embed", data, "--output", output, "--model", model_folder, "--batch-size", str(batch_size),
+            "--workers", str(workers), "--no-progress"]
     code = (
-        "import json, resource, sys, time, torch\n"
+        "import json, re, resource, time, contextlib, io, torch\n"
         f"torch.set_num_threads({threads})\n"
-        "from dualclip.jobs import embed\n"
+        "from dualclip.cli import main\n"
         "start = time.perf_counter()\n"
-        f"summary = embed({data!r}, {output!r}, {model_folder!r}, batch_size={batch_size}, workers={workers}, "
-        "progress=False)\n"
-        "summary['wall_s'] = time.perf_counter() - start\n"
-        "summary['rss_main_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
-        "summary['rss_worker_mib'] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
-        "print('RESULT ' + json.dumps(summary))\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out):\n"
+        f"    assert main({argv!r}) == 0\n"
+        "wall = time.perf_counter() - start\n"
+        "match = re.search(r'embed: (\\d+) images in .*\\(([\\d.]+) images/s, (\\d+)% of the time waiting', "
+        "out.getvalue())\n"
+        "print('RESULT ' + json.dumps({'items': int(match.group(1)), 'items_per_second': float(match.group(2)),\n"
+        "    'wait_percent': int(match.group(3)),\n"
+        "    'wall_s': wall, 'rss_main_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,\n"
+        "    'rss_worker_mib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if result.returncode:
+        raise RuntimeError(result.stderr[-3000:])
     line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
 
@@ -130,10 +157,23 @@ import json, resource, sys, time
 import numpy as np, faiss
 from dualclip.jobs import build_index
 from dualclip.jobs.search import search
+import os, threading
 folder, output, index_type, threads, queries_file = sys.argv[1:6]
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+page = os.sysconf("SC_PAGE_SIZE") / 2**20
+def rss():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * page
+peak, done = [rss()], threading.Event()
+def sample():
+    while not done.is_set():
+        peak[0] = max(peak[0], rss())
+        done.wait(0.005)
+sampler = threading.Thread(target=sample)
+before = rss()
+sampler.start()
 info = build_index(folder, output, index_type=index_type, threads=int(threads))
-build_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+done.set(); sampler.join()
+build_rss = peak[0]
 queries = np.load(queries_file)
 index = faiss.read_index(output + "/index.faiss")
 if info["kind"] == "compressed":
@@ -143,6 +183,12 @@ start = time.perf_counter()
 for row in queries[:100]:
     index.search(row[None], 10)
 one = (time.perf_counter() - start) / 100
+faiss.omp_set_num_threads(1)
+start = time.perf_counter()
+for row in queries[:100]:
+    index.search(row[None], 10)
+one_thread = (time.perf_counter() - start) / 100
+faiss.omp_set_num_threads(int(threads))
 start = time.perf_counter()
 scores, ids = index.search(queries, 10)
 batch = time.perf_counter() - start
@@ -152,7 +198,7 @@ with_metadata = (time.perf_counter() - start) / 10
 np.save(output + "/ids.npy", ids)
 print("RESULT " + json.dumps({"kind": info["kind"], "factory": info["factory"], "build_s": info["seconds"],
       "index_mib": __import__("os").path.getsize(output + "/index.faiss") / 2**20, "rss_before_mib": before,
-      "rss_peak_mib": build_rss, "query_ms": one * 1000, "batch_ms": batch * 1000, "queries": len(queries),
+      "rss_peak_mib": build_rss, "query_ms": one * 1000, "query_1thread_ms": one_thread * 1000, "batch_ms": batch * 1000, "queries": len(queries),
       "search_with_metadata_ms": with_metadata * 1000, "nprobe": info["nprobe"]}))
 """
 
@@ -202,10 +248,14 @@ def main(argv=None) -> None:
             after = model_only(model_folder, args.model_only_images, args.batch_size, args.threads)
             only = (before + after) / 2
             rows.append((count, run, only))
+            data_rate = data_only(model_folder, data, args.batch_size, args.workers) if count == min(args.images) \
+                else None
             print(f"model only: {before:.0f} img/s before, {after:.0f} img/s after; load average "
-                  f"{os.getloadavg()[0]:.1f}", flush=True)
+                  f"{os.getloadavg()[0]:.1f}" + (f"; data path alone ({args.workers} worker"
+                  f"{'s' * (args.workers != 1)}, no model): {data_rate:.0f} img/s" if data_rate else ""), flush=True)
             print(f"{count} images: embed {run['items_per_second']:.0f} img/s (wall {run['wall_s']:.1f} s, "
-                  f"{run['items']} images), model only {only:.0f} img/s -> {run['items_per_second'] / only:.1%}; "
+                  f"{run['items']} images, waited for input {run['wait_percent']}% of the loop), model only "
+                  f"{only:.0f} img/s -> {run['items_per_second'] / only:.1%}; "
                   f"peak RSS main {run['rss_main_mib']:.0f} MiB, worker {run['rss_worker_mib']:.0f} MiB", flush=True)
         if len(rows) > 1:
             low, high = rows[0][1]["rss_main_mib"], rows[-1][1]["rss_main_mib"]
@@ -232,9 +282,10 @@ def main(argv=None) -> None:
             ids = np.load(os.path.join(output, "ids.npy"))
             results[index_type]["ids"] = ids
             print(f"{index_type} ({run['factory']}, nprobe {run['nprobe']}): build {run['build_s']:.1f} s, "
-                  f"file {run['index_mib']:.1f} MiB, peak RSS {run['rss_peak_mib']:.0f} MiB "
-                  f"(before build {run['rss_before_mib']:.0f}); query k=10: {run['query_ms']:.2f} ms one at a "
-                  f"time, {run['batch_ms']:.0f} ms for {run['queries']} at once; with metadata "
+                  f"file {run['index_mib']:.1f} MiB, RSS {run['rss_before_mib']:.0f} MiB before the build, peak "
+                  f"{run['rss_peak_mib']:.0f} MiB during it (+{run['rss_peak_mib'] - run['rss_before_mib']:.0f}); query k=10: {run['query_ms']:.2f} ms one at a "
+                  f"time ({run['query_1thread_ms']:.2f} ms with 1 thread), {run['batch_ms']:.0f} ms for "
+                  f"{run['queries']} at once; with metadata "
                   f"{run['search_with_metadata_ms']:.1f} ms/query", flush=True)
         exact, compressed = results["exact"]["ids"], results["compressed"]["ids"]
         found = np.mean([picked[i] in exact[i] for i in range(len(picked))])

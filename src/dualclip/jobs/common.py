@@ -55,6 +55,7 @@ def prepare_job(job: str, data, output, model=None, *, settings: dict, shard_siz
                 source_options: dict | None = None, device=None, dtype: str = "auto", rank=None, world_size=None,
                 modality: str = "auto") -> tuple[JobSetup, bool, bool]:
     """Opens the input and the model, creates or checks the output folder, and lists this process's pending shards."""
+    _require_pyarrow()
     source = open_source(data, shard_size, **(source_options or {}))
     images, texts = resolve_modalities(modality, source)
     rank, world_size = process_position(rank, world_size)
@@ -76,6 +77,18 @@ def prepare_job(job: str, data, output, model=None, *, settings: dict, shard_siz
     pending = [shard for shard in owned if not folder.is_done(shard)]
     folder.clean(pending)
     return JobSetup(source, job_model, folder, rank, world_size, owned, pending), images, texts
+
+
+def _require_pyarrow() -> None:
+    # Imported before any work: a missing pyarrow fails now, not after a shard's worth of compute, and its memory
+    # is part of the job's from the start instead of appearing mid-run.
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ValueError("dataset jobs write parquet metadata and need pyarrow: pip install 'dualclip[jobs]'") from None
+    # Arrow initialises its allocator and writers on first use (about 50 MiB): do it before the model runs.
+    pq.write_table(pa.table({"id": pa.array([0], pa.int64())}), pa.BufferOutputStream(), compression="zstd")
 
 
 def write_npy(array: np.ndarray):
@@ -113,7 +126,7 @@ def report(job: str, setup: JobSetup, stats, finished: bool, unit: str) -> str:
     who = f"process {setup.rank} of {setup.world_size}: " if setup.world_size > 1 else ""
     lines = [
         f"{who}{job}: {stats.items} {unit} in {stats.shards} shard{'s' * (stats.shards != 1)} "
-        f"({stats.items_per_second:.1f} {unit}/s)"
+        f"({stats.items_per_second:.1f} {unit}/s, {stats.wait_fraction:.0%} of the time waiting for input)"
         + (f", {skipped} finished shard{'s' * (skipped != 1)} skipped" if skipped else "")
         + (f", {stats.failures} failed (see {os.path.join(setup.folder.path, 'failures.jsonl')})"
            if stats.failures else "")

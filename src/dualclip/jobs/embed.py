@@ -58,5 +58,5 @@ def embed(data, output, model=None, *, modality: str = "auto", batch_size: int =
     finished = folder.finish()
     return {"folder": folder.path, "items": stats.items, "failures": stats.failures, "shards": stats.shards,
             "skipped_shards": len(setup.owned) - len(setup.pending), "finished": finished,
-            "items_per_second": stats.items_per_second,
+            "items_per_second": stats.items_per_second, "wait_fraction": stats.wait_fraction,
             "message": report("embed", setup, stats, finished, "images" if images else "texts")}

@@ -33,11 +33,16 @@ class Stats:
     failures: int = 0
     shards: int = 0
     seconds: float = 0.0
+    wait_seconds: float = 0.0  # the main process waiting for the next batch: input-bound when large
     shard_results: list = field(default_factory=list)
 
     @property
     def items_per_second(self) -> float:
         return self.items / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def wait_fraction(self) -> float:
+        return self.wait_seconds / self.seconds if self.seconds > 0 else 0.0
 
 
 class _ShardBuffer:
@@ -90,8 +95,14 @@ def run_shards(job_model: JobModel, source: Source, shards: list[int], *, images
     bar = _progress_bar(total, description, progress)
     stats, buffers = Stats(), {}
     start = time.perf_counter()
+    batches = iter(loader)
     with torch.inference_mode():
-        for batch in loader:
+        while True:
+            waited = time.perf_counter()
+            batch = next(batches, None)
+            stats.wait_seconds += time.perf_counter() - waited
+            if batch is None:
+                break
             warn_if_not_digits(job_model, batch["image_size"])
             features = {}
             if images and batch.get("pixel_values") is not None:

@@ -58,7 +58,7 @@ def score(data, output, model=None, *, keep_above: float | None = None, batch_si
         message += f"\nkept {kept['kept']} of {kept['scored']} pairs with similarity >= {keep_above}: {kept['file']}"
     return {"folder": folder.path, "items": stats.items, "failures": stats.failures, "shards": stats.shards,
             "skipped_shards": len(setup.owned) - len(setup.pending), "finished": finished,
-            "items_per_second": stats.items_per_second, "message": message}
+            "items_per_second": stats.items_per_second, "wait_fraction": stats.wait_fraction, "message": message}
 
 
 def write_kept(folder, threshold: float) -> None:
