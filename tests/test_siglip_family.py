@@ -203,6 +203,27 @@ def test_save_and_auto_model_round_trip(tmp_path, converted):
     assert torch.equal(vision(pixel_values).image_embeds, converted.encode_image(pixel_values))
 
 
+@torch.no_grad()
+def test_stock_siglip_model_folder_loads_without_renames(tmp_path, reference):
+    """A folder saved by transformers' SiglipModel loads into DualClipModel as it is (keys unchanged; the
+    1-element `logit_scale`/`logit_bias` read as scalars)."""
+    reference.save_pretrained(tmp_path / "stock")
+    model = DualClipModel.from_pretrained(tmp_path / "stock", config=dualclip_config()).eval()
+    assert model.logit_scale.shape == () and float(model.logit_scale) == float(reference.logit_scale)
+    input_ids, pixel_values = inputs()
+    assert torch.equal(model(input_ids=input_ids, pixel_values=pixel_values).logits_per_text,
+                       reference(input_ids=input_ids, pixel_values=pixel_values).logits_per_text)
+    # dualclip's own folders keep scalars, both ways.
+    model.save_pretrained(tmp_path / "ours")
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "ours" / "model.safetensors", "pt") as saved:
+        assert saved.get_tensor("logit_scale").shape == ()
+    clip = DualClipModel.from_pretrained(dualclip.TINY_MODEL_PATH)
+    clip.save_pretrained(tmp_path / "clip")
+    assert torch.equal(DualClipModel.from_pretrained(tmp_path / "clip").logit_scale, clip.logit_scale)
+
+
 REMOTE_SCRIPT = textwrap.dedent(
     """
     import importlib.abc, json, sys

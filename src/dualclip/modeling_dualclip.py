@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from transformers import initialization as init
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
-from transformers.core_model_loading import WeightRenaming
+from transformers.core_model_loading import ConversionOps, WeightConverter, WeightRenaming
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs
@@ -455,6 +455,27 @@ for _tower_class, (_prefix, _modules) in _FLAT_TOWER_KEYS.items():
         [WeightRenaming(source_patterns=rf"^({_modules})\.", target_patterns=rf"{_prefix}.\1.")],
         overwrite=True,
     )
+
+
+class ToParameterShape(ConversionOps):
+    """Loads a tensor reshaped to the parameter it fills (same elements): transformers' SigLIP stores `logit_scale`
+    and `logit_bias` as 1-element vectors, dualclip (as CLIP and OpenCLIP) as scalars."""
+
+    def convert(self, input_dict, source_patterns, target_patterns, model=None, full_layer_name=None, **kwargs):
+        tensors = next(iter(input_dict.values()))
+        tensor = tensors[0] if isinstance(tensors, list) else tensors
+        return {target_patterns[0]: tensor.reshape(model.get_parameter(full_layer_name).shape)}
+
+    @property
+    def reverse_op(self) -> ConversionOps:
+        return ToParameterShape()
+
+
+register_checkpoint_conversion_mapping(
+    "DualClipModel",
+    [WeightConverter(name, name, [ToParameterShape()]) for name in ("logit_scale", "logit_bias")],
+    overwrite=True,
+)
 
 
 __all__ = [
