@@ -14,7 +14,13 @@ import torch
 from transformers import AutoModel, SiglipConfig, SiglipModel
 
 import dualclip  # noqa: F401  (registers the Auto classes)
-from dualclip import DualClipConfig, DualClipModel, DualClipTextModel, DualClipVisionModelWithProjection
+from dualclip import (
+    DualClipConfig,
+    DualClipModel,
+    DualClipTextModel,
+    DualClipVisionModel,
+    DualClipVisionModelWithProjection,
+)
 from dualclip.modeling_dualclip_siglip import DualClipSiglipTextConfig, DualClipSiglipVisionConfig
 
 # Every width differs so that a transposed or swapped tensor cannot load; pad/bos/eos inside the small vocabulary.
@@ -222,6 +228,24 @@ def test_stock_siglip_model_folder_loads_without_renames(tmp_path, reference):
     clip = DualClipModel.from_pretrained(dualclip.TINY_MODEL_PATH)
     clip.save_pretrained(tmp_path / "clip")
     assert torch.equal(DualClipModel.from_pretrained(tmp_path / "clip").logit_scale, clip.logit_scale)
+
+
+@torch.no_grad()
+def test_stock_siglip_tower_folders_load_into_the_tower_classes(tmp_path, reference):
+    """transformers 5 saves SiglipTextModel/SiglipVisionModel without the `text_model.`/`vision_model.` prefix."""
+    from transformers import SiglipTextModel, SiglipVisionModel
+
+    input_ids, pixel_values = inputs()
+    text = SiglipTextModel(reference.config.text_config).eval()
+    text.load_state_dict(reference.text_model.state_dict())
+    text.save_pretrained(tmp_path / "text")
+    ours = DualClipTextModel.from_pretrained(tmp_path / "text", config=DualClipSiglipTextConfig(**TEXT)).eval()
+    assert torch.equal(ours(input_ids).pooler_output, text(input_ids).pooler_output)
+    vision = SiglipVisionModel(reference.config.vision_config).eval()
+    vision.load_state_dict(reference.vision_model.state_dict())
+    vision.save_pretrained(tmp_path / "vision")
+    ours = DualClipVisionModel.from_pretrained(tmp_path / "vision", config=DualClipSiglipVisionConfig(**VISION)).eval()
+    assert torch.equal(ours(pixel_values).pooler_output, vision(pixel_values).pooler_output)
 
 
 REMOTE_SCRIPT = textwrap.dedent(

@@ -443,11 +443,12 @@ class DualClipModel(_TextSide, _VisionSide, DualClipPreTrainedModel):
         )
 
 
-# transformers >= 5 saves `CLIPTextModel`/`CLIPVisionModel` without the `text_model.`/`vision_model.` prefix that
-# older folders (and ours) carry; both layouts load. Registered here so `trust_remote_code` loading gets it too.
+# transformers >= 5 saves `CLIPTextModel`/`CLIPVisionModel` (and `SiglipTextModel`/`SiglipVisionModel`, whose towers
+# end in a `head`) without the `text_model.`/`vision_model.` prefix that older folders (and ours) carry; both layouts
+# load. Registered here so `trust_remote_code` loading gets it too.
 _FLAT_TOWER_KEYS = {
-    DualClipTextModel: ("text_model", "embeddings|encoder|final_layer_norm"),
-    DualClipVisionModel: ("vision_model", "embeddings|pre_layrnorm|encoder|post_layernorm"),
+    DualClipTextModel: ("text_model", "embeddings|encoder|final_layer_norm|head"),
+    DualClipVisionModel: ("vision_model", "embeddings|pre_layrnorm|encoder|post_layernorm|head"),
 }
 for _tower_class, (_prefix, _modules) in _FLAT_TOWER_KEYS.items():
     register_checkpoint_conversion_mapping(
