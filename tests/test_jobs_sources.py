@@ -78,7 +78,9 @@ def test_every_source_kind_reads_the_same_items(digits):
     write_tar(root / "shard-0.tar", samples[:6])
     write_tar(root / "shard-1.tar", samples[6:])
     tars = open_source(str(root / "shard-{0..1}.tar"))
-    assert tars.num_shards == 2
+    assert tars.num_shards == 2 and tars.has_images and tars.has_captions
+    write_tar(root / "images-only.tar", [(key, {"png": members["png"]}) for key, members in samples])
+    assert not open_source(root / "images-only.tar").has_captions
     assert [(i if i < 6 else TAR_ID_STRIDE + i - 6, c, label, data) for i, c, label, data in expected] == _items(tars)
 
     dataset = datasets.Dataset.from_dict(

@@ -439,8 +439,18 @@ class WebDatasetSource(Source):
     def __init__(self, tars: list[str], spec: str):
         self.tars = [os.path.abspath(path) for path in tars]
         self.location = spec
-        self.has_captions = True  # known only when read; a missing caption is a per-item failure
         self._open = None
+        # What the samples hold, judged from the first tar's first members (a missing part is a per-item failure).
+        extensions = set()
+        with tarfile.open(self.tars[0], "r:*") as tar:
+            for count, member in enumerate(tar):
+                match = _TAR_NAME.match(member.name)
+                if match:
+                    extensions.add(match.group(2).lower())
+                if count >= 200:
+                    break
+        self.has_images = any("." + extension in IMAGE_EXTENSIONS for extension in extensions)
+        self.has_captions = any(extension in TAR_CAPTION_EXTENSIONS for extension in extensions)
 
     @property
     def num_shards(self) -> int:
