@@ -400,3 +400,11 @@ def test_openclip_siglip_conversion_names_what_it_cannot_place(openclip_siglip):
     state["visual.trunk.blocks.0.ls1.gamma"] = torch.ones(24)
     with pytest.raises(ConversionError, match=r"visual\.trunk\.blocks\.0\.ls1\.gamma"):
         openclip_siglip_to_siglip_state_dict(state)
+
+
+@torch.no_grad()
+def test_compiles_in_one_graph(converted):
+    input_ids, pixel_values = inputs()
+    compiled = torch.compile(converted, backend="aot_eager", fullgraph=True)
+    assert torch.equal(compiled(input_ids=input_ids, pixel_values=pixel_values).logits_per_text,
+                       converted(input_ids=input_ids, pixel_values=pixel_values).logits_per_text)
