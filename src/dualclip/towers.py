@@ -9,7 +9,11 @@ need from it:
 - `get_input_embeddings()`;
 - `forward(..., pooled_only=False, **kwargs)` returning a `BaseModelOutputWithPooling`; with `pooled_only=True`
   the tower may compute only what `pooler_output` reads;
-- `init_dualclip_weights(factor)` on any of its modules that needs more than transformers' default init.
+- `init_dualclip_weights(factor)` on any of its modules that needs more than transformers' default init;
+- on a text tower, `truncate_for_pooling(input_ids, attention_mask, position_ids)` (what the pooled fast path may cut);
+- on its config, `pooled_output_projected = True` when the tower ends in its own head into the joint space (SigLIP):
+  the model classes then add an identity, not a `text_projection`/`visual_projection` Linear, and the config's
+  `projection_dim` gives that width, which `DualClipConfig.projection_dim` must equal.
 """
 
 from .modeling_dualclip_resnet import DualClipResNet, DualClipResNetConfig
