@@ -38,8 +38,7 @@ from transformers.utils import TransformersKwargs
 
 from .configuration_dualclip_base import TowerConfig
 from .modeling_dualclip_base import DualClipPreTrainedModel
-from .modeling_dualclip_text import check_text_inputs
-from .modeling_dualclip_vit import check_pixel_values
+from .modeling_dualclip_layers import check_pixel_values, check_text_inputs
 
 
 @strict

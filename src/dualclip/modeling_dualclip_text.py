@@ -28,6 +28,7 @@ from .modeling_dualclip_layers import (
     DualClipEncoder,
     DualClipEncoderLayer,
     PooledQuery,
+    check_text_inputs,
     supports_pooled_query,
 )
 
@@ -127,33 +128,6 @@ class DualClipTextEmbeddings(nn.Module):
             # brings a weight to the device only when its module is called.
             position_ids = torch.arange(input_ids.shape[-1], device=input_ids.device)
         return self.token_embedding(input_ids) + self.position_embedding(position_ids)
-
-
-def check_text_inputs(input_ids, attention_mask, config: DualClipTextConfig) -> None:
-    """Raises a `ValueError` naming the argument for inputs the tower cannot encode; never syncs a GPU."""
-    if input_ids is None:
-        raise ValueError("input_ids is required: a (batch, sequence) tensor of token ids")
-    if not torch.is_tensor(input_ids) or input_ids.dim() != 2 or input_ids.is_floating_point():
-        shape = tuple(input_ids.shape) if torch.is_tensor(input_ids) else type(input_ids).__name__
-        raise ValueError(f"input_ids must be an integer tensor of shape (batch, sequence), got {shape}")
-    if 0 in input_ids.shape:
-        raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}): pass at least one token per row")
-    if input_ids.shape[-1] > config.max_position_embeddings:
-        raise ValueError(
-            f"input_ids has {input_ids.shape[-1]} positions but max_position_embeddings is "
-            f"{config.max_position_embeddings}; truncate to that length (split longer prompts: see dualclip.conditioning)"
-        )
-    if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
-        raise ValueError(
-            f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}: "
-            "they must be equal (one mask entry per token)"
-        )
-    # Out-of-range ids fail inside the embedding with an opaque message; on CPU checking costs nothing.
-    if input_ids.device.type == "cpu" and not torch.compiler.is_compiling() and (input_ids.min() < 0 or input_ids.max() >= config.vocab_size):
-        raise ValueError(
-            f"input_ids holds ids outside the vocabulary: found {int(input_ids.min())}..{int(input_ids.max())}, "
-            f"vocab_size is {config.vocab_size} (resize_token_embeddings after adding tokens)"
-        )
 
 
 class DualClipTextTransformer(DualClipPreTrainedModel):
