@@ -1,15 +1,17 @@
 """The SigLIP tower family: transformers' own SigLIP towers, held as dualclip towers.
 
-transformers' `SiglipTextModel` and `SiglipVisionModel` compute exactly what SigLIP (big_vision, OpenCLIP's timm
-towers) computes, so this family writes no twin of them (ARCHITECTURE decision 3): each tower *is* the stock class,
+transformers' `SiglipTextModel` and `SiglipVisionModel` compute what SigLIP computes (big_vision's weights with
+`hidden_act="gelu_pytorch_tanh"`, OpenCLIP's timm/text towers with exact `"gelu"`), so this family writes no twin of
+them (ARCHITECTURE decision 3): each tower *is* the stock class,
 with dualclip's base class in front of it for what every dualclip tower shares (the tower protocol of `towers.py`,
 saving with `auto_map`). The forward, the modules, their names and the weight initialisation are transformers'
 SigLIP's, so inside `DualClipModel` the state-dict keys are those of `SiglipModel` (`text_model.embeddings.…`,
 `text_model.head.…`, `vision_model.head.probe`, …).
 
 - Text: token + learned position embeddings, bidirectional encoder, `final_layer_norm`, pooled at the last position
-  (which may be padding: SigLIP pads every caption to `max_position_embeddings` and was trained that way), then the
-  tower's own `head` Linear (with bias) into the joint space.
+  (which may be padding: SigLIP pads every caption to `max_position_embeddings` and was trained that way, without
+  an attention mask; a mask passed anyway is applied, as `SiglipTextModel` applies it), then the tower's own `head`
+  Linear (with bias) into the joint space.
 - Image: patch embedding (with bias), learned position embedding, no class token, encoder, `post_layernorm`, then
   the attention-pooling head (MAP: a learned probe attends over every patch) whose output is already in the joint
   space.
