@@ -43,9 +43,6 @@ def run(args) -> int:
     if not args.output:
         raise ValueError("--output OUT (a folder) is required when embedding a dataset")
     from ..jobs import embed
-    from ..jobs.memory import return_large_blocks_to_the_os
-
-    return_large_blocks_to_the_os()
     summary = embed(args.data, args.output, args.model, modality=args.modality, shard_size=args.shard_size,
                     output_dtype=args.output_dtype, **input_options(args), **run_options(args))
     print(summary["message"])

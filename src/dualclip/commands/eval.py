@@ -59,9 +59,6 @@ def _table(results: dict) -> str:
 
 def run(args) -> int:
     from ..jobs import evaluate
-    from ..jobs.memory import return_large_blocks_to_the_os
-
-    return_large_blocks_to_the_os()
     options = run_options(args)
     results = evaluate(args.data, args.model, tasks=args.tasks, templates=args.templates,
                        class_names=args.class_names, train=args.train, train_split=args.train_split,

@@ -28,9 +28,6 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..jobs import score
-    from ..jobs.memory import return_large_blocks_to_the_os
-
-    return_large_blocks_to_the_os()
     summary = score(args.data, args.output, args.model, keep_above=args.keep_above, shard_size=args.shard_size,
                     **input_options(args), **run_options(args))
     print(summary["message"])
