@@ -4,6 +4,7 @@
     python benchmarks/bench_jobs.py                        # everything (a few minutes on 2 cores)
     python benchmarks/bench_jobs.py --images 2000 20000 --threads 2 --workers 1
     python benchmarks/bench_jobs.py --skip-embed --vectors 100000 --dim 512
+    python benchmarks/bench_jobs.py --skip-index --malloc-mmap-threshold 1048576   # flat-memory allocator setting
 
 Embedding: a random ViT image tower (hidden 256, 4 layers, 32x32 input, patch 4: 65 tokens) saved as a model
 folder, and 64x64 JPEG files (small images, decoded and resized to 32x32 by the job's DataLoader workers). Each run
@@ -102,7 +103,8 @@ def data_only(model_folder: str, data: str, batch_size: int, workers: int) -> fl
     return count / (time.perf_counter() - start)
 
 
-def embed_run(model_folder: str, data: str, output: str, batch_size: int, threads: int, workers: int) -> dict:
+def embed_run(model_folder: str, data: str, output: str, batch_size: int, threads: int, workers: int,
+              mmap_threshold: int | None = None) -> dict:
     """One fresh `dualclip embed` process (the CLI); its items/s, wall time and peak RSS."""
     argv = ["embed", data, "--output", output, "--model", model_folder, "--batch-size", str(batch_size),
             "--workers", str(workers), "--no-progress"]
@@ -123,6 +125,8 @@ def embed_run(model_folder: str, data: str, output: str, batch_size: int, thread
         "    'rss_worker_mib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    if mmap_threshold:  # glibc: blocks this large are mmapped and returned when freed (no heap fragmentation)
+        env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if result.returncode:
         raise RuntimeError(result.stderr[-3000:])
@@ -220,6 +224,8 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=1, help="DataLoader decoding workers")
     parser.add_argument("--vectors", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--malloc-mmap-threshold", type=int, default=None, metavar="BYTES",
+                        help="run the embed jobs with MALLOC_MMAP_THRESHOLD_=BYTES (glibc)")
     parser.add_argument("--skip-embed", action="store_true")
     parser.add_argument("--skip-index", action="store_true")
     parser.add_argument("--workdir", default=None, help="keep generated data here (default: a temporary folder)")
@@ -244,7 +250,8 @@ def main(argv=None) -> None:
             # The model-only figure is taken just before and just after each job (the machine may be shared).
             before = model_only(model_folder, args.model_only_images, args.batch_size, args.threads)
             out = os.path.join(workdir, f"out-{count}-{time.time_ns()}")
-            run = embed_run(model_folder, data, out, args.batch_size, args.threads, args.workers)
+            run = embed_run(model_folder, data, out, args.batch_size, args.threads, args.workers,
+                            args.malloc_mmap_threshold)
             after = model_only(model_folder, args.model_only_images, args.batch_size, args.threads)
             only = (before + after) / 2
             rows.append((count, run, only))

@@ -132,7 +132,9 @@ def report(job: str, setup: JobSetup, stats, finished: bool, unit: str) -> str:
            if stats.failures else "")
     ]
     if finished:
-        lines.append(f"{setup.folder.path}: all {setup.folder.num_shards} shards finished")
+        count = setup.folder.num_shards
+        lines.append(f"{setup.folder.path}: all {count} shards finished" if count > 1 else
+                     f"{setup.folder.path}: its shard is finished")
     else:
         lines.append(f"{setup.folder.path}: {len(setup.folder.unfinished())} shards still to do by other processes")
     return "\n".join(lines)
