@@ -18,16 +18,12 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
     """Projected image features `(batch, dim)` through the model's fast pooled path."""
-    if hasattr(model, "encode_image"):
-        return model.encode_image(pixel_values)
-    return model.get_image_features(pixel_values=pixel_values, pooled_only=True).pooler_output
+    return model.encode_image(pixel_values)
 
 
 def text_features(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
     """Projected text features `(batch, dim)` through the model's fast pooled path."""
-    if hasattr(model, "encode_text"):
-        return model.encode_text(input_ids, attention_mask=attention_mask)
-    return model.get_text_features(input_ids=input_ids, attention_mask=attention_mask, pooled_only=True).pooler_output
+    return model.encode_text(input_ids, attention_mask=attention_mask)
 
 
 def normalized(features: torch.Tensor) -> torch.Tensor:
@@ -105,14 +101,15 @@ def _weights_fingerprint(folder: str) -> str | None:
     return digest.hexdigest()
 
 
-def _load_processor(name: str):
-    if os.path.isdir(name):
+def _load_processor(name: str, model_type: str):
+    if model_type == "clip" and os.path.isdir(name):
+        # A transformers CLIP folder: its settings with OpenAI's exact tokenizer (dualclip's), not CLIPTokenizer.
         from ..zero_shot import load_processor
 
         return load_processor(name)
     from transformers import AutoProcessor
 
-    return AutoProcessor.from_pretrained(name)
+    return AutoProcessor.from_pretrained(name)  # what the folder saved (dualclip, SigLIP-style tokenizers, ...)
 
 
 def load_job_model(name: str | None = None, device: str | None = None, dtype: str = "auto") -> JobModel:
@@ -135,7 +132,7 @@ def load_job_model(name: str | None = None, device: str | None = None, dtype: st
         model = AutoModel.from_pretrained(name, dtype=torch_dtype)
     else:  # a transformers CLIP folder: the dualclip class reads it (same layout) and has the fast pooled API
         model = DualClipModel.from_pretrained(name, dtype=torch_dtype)
-    if not hasattr(model, "visual_projection") or not hasattr(model, "text_projection"):
+    if not hasattr(model, "encode_image") or not hasattr(model, "encode_text"):
         raise ValueError(f"{name} loads as {type(model).__name__}, which has no image and text towers")
     model = model.to(torch_device).eval().requires_grad_(False)
     is_tiny = os.path.isdir(name) and os.path.samefile(name, TINY_MODEL_PATH)
@@ -148,7 +145,8 @@ def load_job_model(name: str | None = None, device: str | None = None, dtype: st
     }
     if is_tiny:
         identity["name"] = "embedded tiny-digits model"
-    return JobModel(name, model, _load_processor(name), torch_device, torch_dtype, is_tiny, identity)
+    return JobModel(name, model, _load_processor(name, config.model_type), torch_device, torch_dtype, is_tiny,
+                    identity)
 
 
 def warn_if_not_digits(job_model: JobModel, image_size: tuple[int, int] | None) -> None:
