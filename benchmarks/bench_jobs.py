@@ -22,7 +22,6 @@ by perturbed copies of stored vectors. Memory: resident size sampled every 5 ms 
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -202,7 +201,8 @@ with_metadata = (time.perf_counter() - start) / 10
 np.save(output + "/ids.npy", ids)
 print("RESULT " + json.dumps({"kind": info["kind"], "factory": info["factory"], "build_s": info["seconds"],
       "index_mib": __import__("os").path.getsize(output + "/index.faiss") / 2**20, "rss_before_mib": before,
-      "rss_peak_mib": build_rss, "query_ms": one * 1000, "query_1thread_ms": one_thread * 1000, "batch_ms": batch * 1000, "queries": len(queries),
+      "rss_peak_mib": build_rss, "query_ms": one * 1000, "query_1thread_ms": one_thread * 1000,
+      "batch_ms": batch * 1000, "queries": len(queries),
       "search_with_metadata_ms": with_metadata * 1000, "nprobe": info["nprobe"]}))
 """
 
@@ -290,7 +290,8 @@ def main(argv=None) -> None:
             results[index_type]["ids"] = ids
             print(f"{index_type} ({run['factory']}, nprobe {run['nprobe']}): build {run['build_s']:.1f} s, "
                   f"file {run['index_mib']:.1f} MiB, RSS {run['rss_before_mib']:.0f} MiB before the build, peak "
-                  f"{run['rss_peak_mib']:.0f} MiB during it (+{run['rss_peak_mib'] - run['rss_before_mib']:.0f}); query k=10: {run['query_ms']:.2f} ms one at a "
+                  f"{run['rss_peak_mib']:.0f} MiB during it (+{run['rss_peak_mib'] - run['rss_before_mib']:.0f}); "
+                  f"query k=10: {run['query_ms']:.2f} ms one at a "
                   f"time ({run['query_1thread_ms']:.2f} ms with 1 thread), {run['batch_ms']:.0f} ms for "
                   f"{run['queries']} at once; with metadata "
                   f"{run['search_with_metadata_ms']:.1f} ms/query", flush=True)

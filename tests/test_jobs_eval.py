@@ -85,7 +85,8 @@ def test_eval_cli_on_a_labelled_folder(table, tmp_path, capsys):
     results = json.loads((tmp_path / "r.json").read_text())
     assert table_rows["zero-shot top-1"] == pytest.approx(results["zeroshot"]["top1"], abs=1e-4)
     assert results["zeroshot"]["templates"] == [DIGIT_TEMPLATE] and "retrieval" not in results
-    assert results["linear_probe"]["C"] in (0.1, 1.0, 10.0, 100.0) and len(results["linear_probe"]["validation_top1"]) == 4
+    probe = results["linear_probe"]
+    assert probe["C"] in (0.1, 1.0, 10.0, 100.0) and len(probe["validation_top1"]) == 4
     assert main(["eval", str(root / "digits"), "--task", "retrieval"]) == 2
     assert "has no captions" in capsys.readouterr().err
 

@@ -1,4 +1,4 @@
-"""`dualclip index EMBEDDINGS`: a FAISS index (exact or compressed, chosen from size and memory) over an embed folder."""
+"""`dualclip index EMBEDDINGS`: a FAISS index over an embed folder, exact or compressed by size and memory budget."""
 
 HELP = "build a FAISS index over a `dualclip embed` folder (exact or compressed, from size and --max-memory)"
 

@@ -1,4 +1,4 @@
-"""`dualclip score DATA --output OUT [--keep-above T]`: image-caption similarity of every pair, LAION-style filtering."""
+"""`dualclip score DATA --output OUT [--keep-above T]`: similarity of every image-caption pair, LAION-style filter."""
 
 from ._jobs import DATA_HELP, DISTRIBUTED_EPILOG, add_input, add_model, add_run, input_options, run_options
 

@@ -6,7 +6,7 @@
 |---|---|---|
 | a folder | every image file below it (recursive, sorted); labels from the first subfolder level | `shard_size` files |
 | `paths.txt` / `.lst` | one local image path per line (relative to the file's folder) | `shard_size` lines |
-| `.csv` / `.tsv` / `.jsonl` / `.parquet` | a table with a path column and/or a caption column (and a label) | `shard_size` rows |
+| `.csv` `.tsv` `.jsonl` `.parquet` | a table: a path and/or a caption column (and a label) | `shard_size` rows |
 | `data/{00000..00099}.tar`, `*.tar` | webdataset tar shards (`key.jpg` + `key.txt` / `key.cls`) | one tar |
 | a folder saved by `datasets` | `Dataset.save_to_disk` / `DatasetDict.save_to_disk` | `shard_size` rows |
 
@@ -329,7 +329,10 @@ class _TableColumns:
         path = _resolve(self.folder, str(path)) if path not in (None, "") else ""
         caption = row.get(self.caption_column) if self.caption_column else None
         label = row.get(self.label_column) if self.label_column else None
-        label = None if label in (None, "") else self._class_index.get(str(int(label)) if _is_int(label) else str(label))
+        if label in (None, ""):
+            label = None
+        else:
+            label = self._class_index.get(str(int(label)) if _is_int(label) else str(label))
         return Record(id=index, path=path, caption=None if caption is None else str(caption), label=label,
                       image=path or None)
 
@@ -525,7 +528,8 @@ class HFDatasetSource(_ChunkedSource):
         import datasets
 
         images = [name for name, feature in features.items() if isinstance(feature, datasets.Image)]
-        self.image_column = _pick_column(list(features), image_column, (), "image", folder) or (images[0] if images else None)
+        self.image_column = _pick_column(list(features), image_column, (), "image", folder) or (
+            images[0] if images else None)
         strings = [name for name, f in features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
         self.caption_column = _pick_column(list(features), caption_column, CAPTION_COLUMNS, "caption", folder)
         if self.caption_column is None and caption_column is None:
