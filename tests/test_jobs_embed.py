@@ -13,7 +13,15 @@ import time
 import numpy as np
 import PIL.Image
 import pytest
-from jobs_data import bad_files, caption, direct_embeddings, folder_bytes, read_shards, write_digit_folder
+from jobs_data import (
+    bad_files,
+    caption,
+    direct_embeddings,
+    folder_bytes,
+    read_shards,
+    write_digit_folder,
+    write_tar,
+)
 
 from dualclip.cli import main
 from dualclip.jobs import embed
@@ -76,6 +84,27 @@ def test_bad_files_are_skipped_and_listed(data, tmp_path, capsys):
     rows = read_shards(tmp_path / "out", "parquet")
     assert len(rows) == len(read_shards(tmp_path / "out", "image.npy")) == 5
     assert all("/good/" in row["path"] for row in rows)
+
+
+def test_webdataset_shards_give_one_output_shard_each(data, tmp_path):
+    _, files = data
+    captions = [caption(label, i) for i, (_, label) in enumerate(files)]
+    samples = [(f"{i:04d}", {"png": open(path, "rb").read(), "txt": text.encode()})
+               for i, ((path, _), text) in enumerate(zip(files, captions))]
+    samples.insert(3, ("broken", {"png": b"\x89PNG\r\n\x1a\n" + bytes(30), "txt": b"a broken image"}))
+    write_tar(tmp_path / "train-00.tar", samples[:10])
+    write_tar(tmp_path / "train-01.tar", samples[10:])
+    summary = embed(str(tmp_path / "train-{00..01}.tar"), tmp_path / "out", workers=1, batch_size=4,
+                    output_dtype="float32", progress=False)
+    assert summary["shards"] == 2 and summary["items"] == 18 and summary["failures"] == 1
+    image, text = direct_embeddings([path for path, _ in files], captions)
+    np.testing.assert_allclose(read_shards(tmp_path / "out", "image.npy"), image, atol=2e-6)
+    np.testing.assert_allclose(read_shards(tmp_path / "out", "text.npy"), text, atol=2e-6)
+    rows = read_shards(tmp_path / "out", "parquet")
+    assert [row["key"] for row in rows] == [key for key, _ in samples if key != "broken"]
+    assert rows[9]["id"] == 2**32 and rows[9]["path"].endswith("train-01.tar/0009.png")
+    failure = json.loads((tmp_path / "out" / "failures.jsonl").read_text())
+    assert failure["id"] == 3 and failure["path"].endswith("train-00.tar/broken.png")
 
 
 KILLED_RUN = """
