@@ -236,3 +236,14 @@ def test_demo_runs_offline_from_a_fresh_install(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"model: {site}" in result.stdout  # the installed copy, not the working tree
     assert float(result.stdout.split("held-out accuracy: ")[1].split()[0]) >= 0.9
+
+
+def test_classify_warns_once_when_the_tiny_model_sees_photos(capsys, digit_files, tmp_path):
+    photo = tmp_path / "photo.png"
+    PIL.Image.new("RGB", (64, 48), (200, 120, 40)).save(photo)
+    assert main(["classify", str(photo), str(photo), "--labels", "cat", "dog"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "8x8 handwritten digits" in warnings[0] and "64x48" in warnings[0]
+    paths, _ = digit_files
+    assert main(["classify", *paths[:2], "--labels", "0", "1"]) == 0
+    assert "warning:" not in capsys.readouterr().err  # real 8x8 digits: nothing to say

@@ -1,5 +1,7 @@
 """`dualclip classify IMAGE... --labels A B C`: zero-shot classification of image files with any model folder."""
 
+import sys
+
 from ._common import (
     add_model_argument,
     format_table,
@@ -33,6 +35,7 @@ def run(args) -> int:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
     format_labels(args.labels, args.template)  # bad --template fails before the model loads
     images = open_images(args.images)
+    _warn_if_the_tiny_model_sees_other_images(model_folder(args), images)
     quiet_loading()
     model, processor = load_model_and_processor(model_folder(args))
     probabilities = classify(model, processor, images, args.labels, template=args.template)
@@ -41,3 +44,17 @@ def run(args) -> int:
     rows = [[path, *top_k_cells(row, args.labels, k)] for path, row in zip(args.images, probabilities)]
     print(format_table(header, rows))
     return 0
+
+
+def _warn_if_the_tiny_model_sees_other_images(folder, images) -> None:
+    """The embedded model knows only 8x8 handwritten digits: say so once instead of printing confident nonsense."""
+    from ..tiny_model import TINY_MODEL_PATH
+
+    sizes = {image.size for image in images} - {(8, 8)}
+    if str(folder) == str(TINY_MODEL_PATH) and sizes:
+        width, height = sorted(sizes)[0]
+        print(
+            f"warning: the embedded tiny model was trained only on 8x8 handwritten digits, and these images are "
+            f"{width}x{height}; its results on them mean little. Pass --model with a real CLIP model folder.",
+            file=sys.stderr,
+        )
