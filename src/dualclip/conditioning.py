@@ -346,14 +346,7 @@ class PromptEncoder:
         empty, _ = self._encode_chunked("") if any(e.shape[0] < length for e, _ in encoded) else (None, None)
         embeds = torch.stack([_pad_with(e[None], empty, length)[0] for e, _ in encoded])
         pooled = _stack_pooled([p for _, p in encoded])
-        batch = len(prompts)
-        return {
-            "prompt_embeds": embeds[:batch],
-            "negative_prompt_embeds": torch.zeros_like(embeds) if zero else embeds[batch:],
-            "pooled_prompt_embeds": None if pooled is None else pooled[:batch],
-            "negative_pooled_prompt_embeds": None if pooled is None else (
-                torch.zeros_like(pooled) if zero else pooled[batch:]),
-        }
+        return _split_prompts_and_negatives(embeds, pooled, len(prompts), zero)
 
 
     # ---- ComfyUI --------------------------------------------------------------------------------------------------
@@ -421,14 +414,19 @@ class PromptEncoder:
         embeds = torch.cat(states, dim=-1).to(dtype)
         pooled = [encoders[-1].pooled(text) for text in texts]
         pooled = None if pooled[0] is None else torch.cat(pooled)
-        batch = len(prompts)
-        return {
-            "prompt_embeds": embeds[:batch],
-            "negative_prompt_embeds": torch.zeros_like(embeds) if zero else embeds[batch:],
-            "pooled_prompt_embeds": None if pooled is None else pooled[:batch],
-            "negative_pooled_prompt_embeds": None if pooled is None else (
-                torch.zeros_like(pooled) if zero else pooled[batch:]),
-        }
+        return _split_prompts_and_negatives(embeds, pooled, len(prompts), zero)
+
+
+def _split_prompts_and_negatives(embeds, pooled, batch: int, zero: bool) -> dict:
+    """The pipeline's four inputs from a batch of prompts followed by their negatives (or, with `zero`, of prompts
+    alone: the negatives are zeros)."""
+    return {
+        "prompt_embeds": embeds[:batch],
+        "negative_prompt_embeds": torch.zeros_like(embeds) if zero else embeds[batch:],
+        "pooled_prompt_embeds": None if pooled is None else pooled[:batch],
+        "negative_pooled_prompt_embeds": None if pooled is None else (
+            torch.zeros_like(pooled) if zero else pooled[batch:]),
+    }
 
 
 def _stack_repeating_last(embeds: list[torch.Tensor]) -> torch.Tensor:
