@@ -174,7 +174,14 @@ def compare_with_reference(model, reference, image_size, ids, images=2):
 
     assert_close(model.get_image_features(pixel_values).pooler_output, image_features, "image features")
     assert_close(model.get_text_features(ids).pooler_output, text_features, "text features")
-    assert_close(model(input_ids=ids, pixel_values=pixel_values).logits_per_image, logits, "logits")
+    # The fast API is the reference's own (`encode_image`/`encode_text`): the same features, computed from less.
+    assert_close(model.encode_image(pixel_values), image_features, "encode_image")
+    assert_close(model.encode_text(ids), text_features, "encode_text")
+    # Logits reach exp(logit_scale) (121 for the scale above ln(100) some tests use): 1e-5 relative to that scale.
+    logits_tolerance = TOLERANCE * max(1.0, logits.abs().max().item())
+    assert_close(model(input_ids=ids, pixel_values=pixel_values).logits_per_image, logits, "logits", logits_tolerance)
+    assert_close(model(input_ids=ids, pixel_values=pixel_values, pooled_only=True).logits_per_image, logits,
+                 "pooled-only logits", logits_tolerance)
     ours = model.text_model(ids, output_hidden_states=True)
     assert len(ours.hidden_states) == len(states) + 1
     for index, (mine, theirs) in enumerate(zip(ours.hidden_states[1:], states)):
