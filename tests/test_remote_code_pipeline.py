@@ -7,21 +7,14 @@ import sys
 import textwrap
 
 import numpy as np
+from tiny_models import WITHOUT_DUALCLIP
 import PIL.Image
 from transformers import AutoModel, AutoProcessor, pipeline
 
 import dualclip
 
-SCRIPT = textwrap.dedent(
+SCRIPT = WITHOUT_DUALCLIP + textwrap.dedent(
     """
-    import importlib.abc, json, sys
-
-    class RefuseDualclip(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "dualclip" or name.startswith("dualclip."):
-                raise ImportError("dualclip is not installed in this process")
-
-    sys.meta_path.insert(0, RefuseDualclip())
     import numpy as np, PIL.Image
     from transformers import pipeline
 

@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import pytest
+from tiny_models import WITHOUT_DUALCLIP
 import torch
 from transformers import AutoModel, SiglipConfig, SiglipModel
 
@@ -248,16 +249,8 @@ def test_stock_siglip_tower_folders_load_into_the_tower_classes(tmp_path, refere
     assert torch.equal(ours(pixel_values).pooler_output, vision(pixel_values).pooler_output)
 
 
-REMOTE_SCRIPT = textwrap.dedent(
+REMOTE_SCRIPT = WITHOUT_DUALCLIP + textwrap.dedent(
     """
-    import importlib.abc, json, sys
-
-    class RefuseDualclip(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "dualclip" or name.startswith("dualclip."):
-                raise ImportError("dualclip is not installed in this process")
-
-    sys.meta_path.insert(0, RefuseDualclip())
     import torch
     from transformers import AutoModel
 

@@ -19,8 +19,8 @@ VISION = dict(
 MODEL = dict(text_config=TEXT, vision_config=VISION, projection_dim=PROJECTION_DIM, logit_scale_init_value=2.6592)
 
 
-# Start of a subprocess script that cannot import dualclip and loads the folder `sys.argv[1]` with remote code.
-LOAD_WITHOUT_DUALCLIP = textwrap.dedent(
+# Start of a subprocess script in which `import dualclip` fails, as where dualclip is not installed.
+WITHOUT_DUALCLIP = textwrap.dedent(
     """
     import importlib.abc, json, sys, torch
 
@@ -31,6 +31,11 @@ LOAD_WITHOUT_DUALCLIP = textwrap.dedent(
             return None
 
     sys.meta_path.insert(0, RefuseDualclip())
+    """
+)
+# ... which then loads the folder `sys.argv[1]` with remote code.
+LOAD_WITHOUT_DUALCLIP = WITHOUT_DUALCLIP + textwrap.dedent(
+    """
     from transformers import AutoModel
     model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
     """
