@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tiny_diffusion as tiny
+from tiny_diffusion import WORDS, tok, tok_2  # noqa: F401  (pytest fixtures)
 from dualclip import DualClipTextModel, DualClipTextModelWithProjection
 from dualclip.conditioning import PromptEncoder, tokenize_prompt
 from dualclip.conditioning_a1111 import chunk_a1111, emphasize, is_break, parse_a1111, prepare_prompt
@@ -152,18 +153,6 @@ def test_negative_prompts_are_not_split_on_and():
 
 
 # ---- chunking --------------------------------------------------------------------------------------------------------
-
-WORDS = "cat dog house tree river mountain city night red blue green light dark old new small big".split()
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny.tokenizer(tiny.EOS_TOKEN)
-
-
-@pytest.fixture(scope="module")
-def tok_2():
-    return tiny.tokenizer("!")
 
 
 def words(tokenizer, count: int, seed: int = 0) -> list[str]:

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tiny_diffusion as tiny
+from tiny_diffusion import tok, tok_2  # noqa: F401  (pytest fixtures)
 from dualclip import DualClipTextModel, DualClipTextModelWithProjection
 from dualclip.conditioning import BREAK, PromptEncoder, parse_prompt_weights, tokenize_prompt
 
@@ -101,16 +102,6 @@ def test_parse_plain_text_is_unchanged(text):
 
 
 # ---- chunking ------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny.tokenizer(tiny.EOS_TOKEN)
-
-
-@pytest.fixture(scope="module")
-def tok_2():
-    return tiny.tokenizer("!")
 
 
 def words(tokenizer, count: int, seed: int = 0) -> str:

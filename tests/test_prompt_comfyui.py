@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import tiny_diffusion as tiny
+from tiny_diffusion import WORDS, tok, tok_2  # noqa: F401  (pytest fixtures)
 from dualclip import DualClipTextModel, DualClipTextModelWithProjection
 from dualclip.conditioning import PromptEncoder, tokenize_prompt
 from dualclip.conditioning_comfyui import parse_comfyui
@@ -53,18 +54,6 @@ def test_parse_table(prompt, expected, rule):
 
 
 # ---- chunking --------------------------------------------------------------------------------------------------------
-
-WORDS = "cat dog house tree river mountain city night red blue green light dark old new small big".split()
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny.tokenizer(tiny.EOS_TOKEN)
-
-
-@pytest.fixture(scope="module")
-def tok_2():
-    return tiny.tokenizer("!")
 
 
 def words(count: int, seed: int = 0) -> str:

@@ -5,26 +5,16 @@ import pytest
 import torch
 
 import tiny_diffusion as tiny
+from tiny_diffusion import WORDS, tok, tok_2  # noqa: F401  (pytest fixtures)
 from dualclip import DualClipTextModel, DualClipTextModelWithProjection
 from dualclip.conditioning import SYNTAXES, PromptEncoder
 
 CHUNKED = ("a1111", "comfyui", "balanced")
-WORDS = "cat dog house tree river mountain city night red blue green light dark old new small big".split()
 
 
 @pytest.fixture(scope="module", autouse=True)
 def single_thread():
     yield from tiny.one_torch_thread()
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny.tokenizer(tiny.EOS_TOKEN)
-
-
-@pytest.fixture(scope="module")
-def tok_2():
-    return tiny.tokenizer("!")
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ Text encoders use OpenAI's full BPE vocabulary (49,408 ids) so that real tokeniz
 import json
 import os
 
+import pytest
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -16,6 +17,8 @@ HIDDEN = 32
 LAYERS = 3
 PROJECTION = 32
 EOS_TOKEN = "<|endoftext|>"
+# One-token words of OpenAI's vocabulary, for prompts of known token counts.
+WORDS = "cat dog house tree river mountain city night red blue green light dark old new small big".split()
 
 
 def clip_text_config() -> CLIPTextConfig:
@@ -123,3 +126,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# Fixtures the prompt tests import: the two tokenizer paddings of SDXL (SD 1.x pads with EOS, its second encoder "!").
+@pytest.fixture(scope="module")
+def tok():
+    return tokenizer(EOS_TOKEN)
+
+
+@pytest.fixture(scope="module")
+def tok_2():
+    return tokenizer("!")
