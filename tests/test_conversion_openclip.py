@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conversion_refs import compare_with_reference, randomize_, token_batch, write_json
+from conversion_refs import assert_close, compare_with_reference, randomize_, token_batch, write_json
 from safetensors.torch import save_file
 
 from dualclip import DualClipModel
@@ -226,3 +226,21 @@ def test_config_that_does_not_match_the_weights(tmp_path):
     path = save_training_checkpoint(reference, tmp_path / "ckpt.pt")
     with pytest.raises(ConversionError, match=r"text_cfg\.layers is 3 in the config but 2 in the weights"):
         convert_checkpoint(path, tmp_path / "out", openclip_config=write_json(tmp_path / "w.json", wrong))
+
+
+@torch.no_grad()
+def test_a_padding_mask_never_moves_features_away_from_open_clip(tmp_path):
+    """OpenCLIP never masks padding; with bidirectional attention pooled at the last position a mask would change
+    the features (measured before `mask_padding`: off by up to 4 on features of size 2-3). The processor sends one."""
+    cfg = CONFIGS["custom-text-siglip-style"]
+    reference = openclip_model(tmp_path, "padding", cfg)
+    convert_checkpoint(save_hub_folder(reference, cfg, tmp_path / "hub"), tmp_path / "out")
+    converted = DualClipModel.from_pretrained(tmp_path / "out").eval()
+    assert converted.config.text_config.mask_padding is False
+    ids = token_batch()
+    mask = (ids != 0).long()
+    assert not bool(mask.all())
+    want = reference.encode_text(ids)
+    assert_close(converted.encode_text(ids, attention_mask=mask), want, "encode_text with a mask")
+    assert_close(converted.get_text_features(input_ids=ids, attention_mask=mask).pooler_output, want,
+                 "get_text_features with a mask")

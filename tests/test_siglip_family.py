@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import pytest
+from openclip_timm_refs import register_timm_model
 from tiny_models import WITHOUT_DUALCLIP
 import torch
 from transformers import AutoModel, SiglipConfig, SiglipModel
@@ -295,50 +296,11 @@ OPENCLIP_CFG = {
 }
 
 
-def import_timm():
-    """timm, importable behind the test-only torchvision stand-in: timm imports a few more torchvision names (dataset
-    classes, `transforms.functional.InterpolationMode`) than the stand-in has; they are added here, names only, for
-    this process. open_clip, if it was imported before timm could be, is told about timm."""
-    import enum
-    import importlib
-    import types
-
-    import torchvision
-    import torchvision.transforms.functional as functional
-
-    if torchvision.__version__.endswith("+stub"):
-        if "torchvision.datasets" not in sys.modules:
-            datasets = types.ModuleType("torchvision.datasets")
-            for name in ("CIFAR100", "CIFAR10", "MNIST", "KMNIST", "FashionMNIST", "ImageFolder"):
-                setattr(datasets, name, type(name, (), {}))
-            sys.modules["torchvision.datasets"] = torchvision.datasets = datasets
-        if not hasattr(functional, "InterpolationMode"):
-            modes = ("NEAREST", "NEAREST_EXACT", "BILINEAR", "BICUBIC", "BOX", "HAMMING", "LANCZOS")
-            functional.InterpolationMode = enum.Enum("InterpolationMode", {mode: mode.lower() for mode in modes})
-    import timm
-    import open_clip.timm_model
-
-    if open_clip.timm_model.timm is None:
-        importlib.reload(open_clip.timm_model)
-    return timm
-
-
 def register_tiny_timm_siglip():
-    timm = import_timm()
-    from timm.models import register_model
     from timm.models.vision_transformer import VisionTransformer
 
-    if OPENCLIP_TIMM_NAME in timm.list_models(OPENCLIP_TIMM_NAME):
-        return
-
-    def vit_dualclip_test_siglip_map(pretrained=False, **kwargs):
-        kwargs = {k: v for k, v in kwargs.items() if not k.startswith("pretrained_cfg") and k != "cache_dir"}
-        return VisionTransformer(
-            **{"img_size": 32, "patch_size": 8, "embed_dim": 24, "depth": 2, "num_heads": 4, "mlp_ratio": 2.0,
-               "class_token": False, "global_pool": "map", **kwargs}
-        )
-
-    register_model(vit_dualclip_test_siglip_map)
+    register_timm_model(OPENCLIP_TIMM_NAME, VisionTransformer, img_size=32, patch_size=8, embed_dim=24, depth=2,
+                        num_heads=4, mlp_ratio=2.0, class_token=False, global_pool="map")
 
 
 @pytest.fixture(scope="module")

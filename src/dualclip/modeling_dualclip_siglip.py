@@ -10,8 +10,9 @@ SigLIP's, so inside `DualClipModel` the state-dict keys are those of `SiglipMode
 
 - Text: token + learned position embeddings, bidirectional encoder, `final_layer_norm`, pooled at the last position
   (which may be padding: SigLIP pads every caption to `max_position_embeddings` and was trained that way, without
-  an attention mask; a mask passed anyway is applied, as `SiglipTextModel` applies it), then the tower's own `head`
-  Linear (with bias) into the joint space.
+  an attention mask). A mask passed anyway is applied, as `SiglipTextModel` applies it, unless the config says
+  `mask_padding=False` (converted big_vision/OpenCLIP models, which never masked padding). Then the tower's own
+  `head` Linear (with bias) into the joint space.
 - Image: patch embedding (with bias), learned position embedding, no class token, encoder, `post_layernorm`, then
   the attention-pooling head (MAP: a learned probe attends over every patch) whose output is already in the joint
   space.
@@ -49,12 +50,19 @@ class DualClipSiglipTextConfig(TowerConfig, SiglipTextConfig):
     Configuration of the SigLIP text tower: every field of transformers' `SiglipTextConfig` with its name, default
     and meaning (the text tower of `google/siglip-base-patch16-224`). The pooled output is `head(last position)`,
     `projection_size` wide (default: `hidden_size`), already in the joint space.
+
+    Args:
+        mask_padding (`bool`, defaults to `True`):
+            Whether an `attention_mask` hides padding, as `SiglipTextModel` does with one. `False` for models trained
+            attending to their pad tokens (big_vision's and OpenCLIP's SigLIP): a mask passed anyway is ignored.
     """
 
     model_type = "dualclip_siglip_text_model"
     base_config_key = "text_config"
     # The tower ends in its own head: the dual model adds no `text_projection` (see `modeling_dualclip.py`).
     pooled_output_projected = True
+
+    mask_padding: bool = True
 
     @property
     def projection_dim(self) -> int:
@@ -75,7 +83,8 @@ class DualClipSiglipVisionConfig(TowerConfig, SiglipVisionConfig):
     r"""
     Configuration of the SigLIP image tower: every field of transformers' `SiglipVisionConfig` with its name,
     default and meaning (the image tower of `google/siglip-base-patch16-224`). `image_size` and `patch_size` are
-    integers (square images and patches, as `SiglipVisionModel` computes them), and `vision_use_head` must be `True`:
+    integers (square images and patches, as `SiglipVisionModel` computes them; an image size that is not a multiple
+    of the patch size drops the last pixels, as the stride of the patch embedding does: so400m-patch14-384), and `vision_use_head` must be `True`:
     the attention-pooling head's output is the image embedding.
     """
 
@@ -101,8 +110,6 @@ class DualClipSiglipVisionConfig(TowerConfig, SiglipVisionConfig):
                 f"`image_size` ({self.image_size!r}) and `patch_size` ({self.patch_size!r}) must be integers "
                 "(square images and patches)"
             )
-        if self.image_size % self.patch_size:
-            raise ValueError(f"`image_size` ({self.image_size}) must be a multiple of `patch_size` ({self.patch_size})")
         if not self.vision_use_head:
             raise ValueError("`vision_use_head` must be True: the attention-pooling head's output is the image embedding")
 
@@ -131,6 +138,8 @@ class DualClipSiglipTextTransformer(DualClipPreTrainedModel, SiglipTextModel):
     ) -> BaseModelOutputWithPooling:
         """`SiglipTextModel.forward`. `pooled_only` changes nothing (every position is computed, see the module)."""
         check_text_inputs(input_ids, attention_mask, self.config)
+        if not self.config.mask_padding:
+            attention_mask = None
         return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
 
 

@@ -54,6 +54,10 @@ class DualClipTextConfig(TowerConfig, PreTrainedConfig):
             `"last"`: the last position. `"argmax"`: the position of the largest id (OpenAI's original rule).
         causal_mask (`bool`, defaults to `True`):
             Whether attention is causal. OpenCLIP's `no_causal_mask` models set it to `False`.
+        mask_padding (`bool`, defaults to `True`):
+            Whether an `attention_mask` hides padding, as in transformers' CLIP. `False` for models trained attending
+            to their pad tokens (OpenAI CLIP, OpenCLIP): a mask passed anyway is ignored, so the numbers stay the
+            original's (with a bidirectional mask or `pooling="last"` the pooled output itself depends on it).
         projection_bias (`bool`, defaults to `False`):
             Whether `text_projection` has a bias (OpenCLIP `proj_bias`).
         layer_scale_init_value (`float`, *optional*):
@@ -87,6 +91,7 @@ class DualClipTextConfig(TowerConfig, PreTrainedConfig):
 
     pooling: Literal["eos", "last", "argmax"] = "eos"
     causal_mask: bool = True
+    mask_padding: bool = True
     projection_bias: bool = False
     layer_scale_init_value: int | float | None = None
 
@@ -164,6 +169,8 @@ class DualClipTextTransformer(DualClipPreTrainedModel):
         cuts them off (rounded up to a multiple of 8). Likewise a padding mask that hides nothing at or before any
         row's pooled position (right padding, as tokenizers pad) cannot change one, and is dropped, which lets
         attention run its unmasked causal kernel. Syncs once with the device to read both facts."""
+        if not self.config.mask_padding:
+            attention_mask = None
         if not self.config.causal_mask:
             return input_ids, attention_mask, position_ids
         positions = self.pooled_positions(input_ids)
@@ -191,6 +198,8 @@ class DualClipTextTransformer(DualClipPreTrainedModel):
         alone and `last_hidden_state` is `(batch, 1, hidden)`, that position."""
         config = self.config
         check_text_inputs(input_ids, attention_mask, config)
+        if not config.mask_padding:
+            attention_mask = None
         pool_at = self.pooled_positions(input_ids)
         hidden_states = self.embeddings(input_ids, position_ids)
         if config.causal_mask:

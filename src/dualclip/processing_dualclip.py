@@ -2,6 +2,8 @@
 
 from transformers.processing_utils import ProcessorMixin
 
+from .text_cleaning import TEXT_CLEANING_MODES, clean_caption
+
 
 class DualClipProcessor(ProcessorMixin):
     r"""
@@ -19,18 +21,59 @@ class DualClipProcessor(ProcessorMixin):
     registered by `import dualclip`). Any transformers tokenizer is accepted, so a stock `CLIPTokenizer`
     works too.
 
+    A model converted from a family whose original tokenizer wraps a Hugging Face tokenizer (OpenCLIP's
+    `HFTokenizer`: SigLIP, CLIPA, ...) stores that wrapper's text defaults here, so that the processor feeds the
+    model what the original fed it: captions cleaned first (`text_cleaning`), padded to the tokenizer's
+    `model_max_length` and truncated unless the call says otherwise (`pad_to_max_length`), the separator token
+    replaced by id 0 (`strip_sep_token`). A tokenizer called directly does none of this.
+
     Args:
         image_processor ([`DualClipImageProcessor`]): prepares `pixel_values`.
         tokenizer ([`DualClipTokenizer`] or another transformers tokenizer): prepares `input_ids`.
+        text_cleaning (`str`, *optional*): OpenCLIP's caption cleaning, `"whitespace"`, `"lower"` or
+            `"canonicalize"` (see `dualclip.text_cleaning`); `None` leaves captions to the tokenizer.
+        pad_to_max_length (`bool`, defaults to `False`): pad every caption to the context length by default.
+        strip_sep_token (`bool`, defaults to `False`): replace the tokenizer's `sep_token_id` by 0 (CLIPA).
     """
 
-    def __init__(self, image_processor=None, tokenizer=None):
+    def __init__(
+        self, image_processor=None, tokenizer=None, text_cleaning=None, pad_to_max_length=False, strip_sep_token=False
+    ):
         for name, value in (("image_processor", image_processor), ("tokenizer", tokenizer)):
             if value is None:
                 raise ValueError(
                     f"`{name}` is required: DualClipProcessor needs both an image processor and a tokenizer."
                 )
+        if text_cleaning is not None and text_cleaning not in TEXT_CLEANING_MODES:
+            raise ValueError(
+                f"`text_cleaning` must be None or one of {', '.join(TEXT_CLEANING_MODES)}; got {text_cleaning!r}"
+            )
+        if strip_sep_token and tokenizer.sep_token_id is None:
+            raise ValueError("`strip_sep_token=True` needs a tokenizer with a `sep_token`; this one has none")
+        self.text_cleaning = text_cleaning
+        self.pad_to_max_length = bool(pad_to_max_length)
+        self.strip_sep_token = bool(strip_sep_token)
         super().__init__(image_processor, tokenizer)
+
+    def __call__(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        """Tokenizes `text` and preprocesses `images` (see the class), applying the stored text defaults."""
+        if text is not None and self.text_cleaning is not None:
+            text = clean_caption(text, self.text_cleaning) if isinstance(text, str) else [
+                clean_caption(caption, self.text_cleaning) for caption in text
+            ]
+        if text is not None and self.pad_to_max_length:
+            kwargs.setdefault("padding", "max_length")
+            kwargs.setdefault("truncation", True)
+            kwargs.setdefault("max_length", self.tokenizer.model_max_length)
+        outputs = super().__call__(images=images, text=text, videos=videos, audio=audio, **kwargs)
+        if self.strip_sep_token and "input_ids" in outputs:
+            sep = self.tokenizer.sep_token_id
+            ids = outputs["input_ids"]
+            outputs["input_ids"] = (
+                ids.masked_fill(ids == sep, 0) if hasattr(ids, "masked_fill")
+                else [[0 if i == sep else i for i in row] for row in ids]
+            )
+        return outputs
 
     def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
         """Require `text`, `images` or both; dualclip has no video or audio inputs."""

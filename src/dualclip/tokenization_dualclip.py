@@ -49,6 +49,8 @@ from transformers import PreTrainedTokenizerFast
 from transformers.tokenization_utils_base import BatchEncoding, TruncationStrategy
 from transformers.utils import PaddingStrategy, TensorType
 
+from .text_cleaning import repair_text
+
 
 VOCAB_FILES_NAMES = {"vocab_file": "vocab.json", "merges_file": "merges.txt", "tokenizer_file": "tokenizer.json"}
 
@@ -242,8 +244,7 @@ def needs_python_cleaning(text: str) -> bool:
 
 def clean_text(text: str) -> str:
     """CLIP's text preparation: ftfy repair, HTML unescape twice, strip, fold whitespace runs, lower-case."""
-    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
-    return _WHITESPACE_RUN.sub(" ", text).strip().lower()
+    return _WHITESPACE_RUN.sub(" ", repair_text(text)).strip().lower()
 
 
 def split_words(text: str) -> list[str]:

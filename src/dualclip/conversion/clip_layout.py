@@ -74,7 +74,7 @@ class ShapeFacts:
         return self.vision_width * 32 if self.backbone == "resnet" else self.vision_width
 
 
-def _count(keys, prefix: str) -> int:
+def count_indices(keys, prefix: str) -> int:
     """How many distinct `prefix<N>.` indices occur among `keys`."""
     pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
     return len({m.group(1) for k in keys if (m := pattern.match(k))})
@@ -100,7 +100,7 @@ def shape_facts(tensors) -> ShapeFacts:
             vocab_size=shape(f"{t}token_embedding.weight")[0],
             context_length=shape(f"{t}positional_embedding")[0],
             text_width=text_width,
-            text_layers=_count(keys, f"{t}transformer.resblocks."),
+            text_layers=count_indices(keys, f"{t}transformer.resblocks."),
             text_intermediate=shape(f"{t}transformer.resblocks.0.mlp.c_fc.weight")[0],
             embed_dim=embed_dim,
             text_projection_bias=proj_bias,
@@ -119,7 +119,7 @@ def shape_facts(tensors) -> ShapeFacts:
                 num_channels=patch_shape[1],
                 patch_size=patch_shape[-1],
                 image_size=patch_shape[-1] * grid,
-                vision_layers=_count(keys, "visual.transformer.resblocks."),
+                vision_layers=count_indices(keys, "visual.transformer.resblocks."),
                 vision_intermediate=shape("visual.transformer.resblocks.0.mlp.c_fc.weight")[0],
                 pre_norm="visual.ln_pre.weight" in tensors,
                 vision_layer_scale="visual.transformer.resblocks.0.ls_1.gamma" in tensors,
@@ -134,7 +134,7 @@ def shape_facts(tensors) -> ShapeFacts:
                 vision_width=shape("visual.layer1.0.conv1.weight")[0],
                 num_channels=shape("visual.conv1.weight")[1],
                 image_size=grid * 32,
-                resnet_layers=[_count(keys, f"visual.layer{stage}.") for stage in (1, 2, 3, 4)],
+                resnet_layers=[count_indices(keys, f"visual.layer{stage}.") for stage in (1, 2, 3, 4)],
             )
         else:
             raise ConversionError(
@@ -184,6 +184,8 @@ def build_config(
         eos_token_id=eos_token_id,
         pooling=pooling,
         causal_mask=causal_mask,
+        # OpenAI and OpenCLIP trained their text towers attending to the padding (they never pass a mask).
+        mask_padding=False,
         projection_bias=facts.text_projection_bias,
         layer_scale_init_value=text_layer_scale_init_value if facts.text_layer_scale else None,
     )

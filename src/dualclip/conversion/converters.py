@@ -3,6 +3,8 @@ a model card; and `convert_checkpoint`, which detects the source."""
 
 from pathlib import Path
 
+import torch
+
 from .. import modeling_dualclip
 from ..configuration_dualclip_base import CLIP_MODEL_TYPES
 from .building import convert_tensors, resolve_dtype
@@ -41,8 +43,10 @@ from .preprocessing import (
     image_processor_settings,
     image_processor_settings_of,
     pad_token_of,
+    save_carried_tokenizer,
 )
 from .reading import Checkpoint, read_checkpoint
+from .timm_towers import convert_timm_tower_model, timm_model_name
 from .verify import verify_openai, verify_openclip
 
 SOURCES = ("openai", "openclip", "hf")
@@ -195,15 +199,50 @@ def _openclip_model_config(src: Path, model_config, model_name) -> tuple[dict, d
     )
 
 
-def _convert_openclip(src: Path, checkpoint: Checkpoint, output: OutputOptions, dtype, model_cfg, preprocess, name):
-    config, facts = openclip_config(model_cfg, checkpoint.tensors)
-    target = resolve_dtype(dtype, checkpoint.tensors.float_dtypes())
-    plan = plan_conversion(checkpoint.tensors.keys(), facts)
-    tensors = convert_tensors(checkpoint.tensors, plan, target, output.progress)
-    image, image_note = image_processor_settings(**image_settings(model_cfg, preprocess))
-    notes = [image_note] if image_note else []
+def _openclip_tokenizer(src: Path, model_cfg: dict, text_config):
+    """What to write as the tokenizer: OpenAI's BPE (arguments of `save_tokenizer`) for models that use it, else a
+    writer carrying the source folder's tokenizer with OpenCLIP's text defaults."""
+    text = model_cfg["text_cfg"]
+    if not text.get("hf_tokenizer_name"):
+        return dict(pad_token=OPENAI_PAD_TOKEN, model_max_length=text_config.max_position_embeddings,
+                    vocab_size=text_config.vocab_size)
+    kwargs = text.get("tokenizer_kwargs") or {}
+
+    def write(folder):
+        return save_carried_tokenizer(
+            folder, src if src.is_dir() else None, model_max_length=text_config.max_position_embeddings,
+            # OpenCLIP's HFTokenizer: "whitespace" cleaning unless told, every caption padded to the context length.
+            text_cleaning=kwargs.get("clean", "whitespace"), pad_to_max_length=True,
+            strip_sep_token=bool(kwargs.get("strip_sep_token", False)),
+        )
+
+    return write
+
+
+def convert_openclip_tensors(model_cfg: dict, source, dtype: torch.dtype, progress: bool = False):
+    """`(config, tensors, architecture, notes)`: an OpenCLIP model config checked against the tensors of `source` (a
+    `TensorSource`, emptied) and the tensors in dualclip's layout, cast to `dtype`. Writes nothing; raises
+    `ConversionError` naming what dualclip cannot express."""
+    notes = []
+    if timm_model_name(model_cfg):
+        config, tensors, family = convert_timm_tower_model(model_cfg, source)
+        tensors = {key: value.to(dtype) if value.is_floating_point() else value for key, value in tensors.items()}
+        return config, tensors, f"{family} ({describe_towers(config, 'DualClipModel')})", notes
+    config, facts = openclip_config(model_cfg, source)
+    tensors = convert_tensors(source, plan_conversion(source.keys(), facts), dtype, progress)
     if facts.text_prefix:
         notes.append("Custom-text layout (`text.` prefix) read into dualclip's standard layout.")
+    return config, tensors, architecture_name(facts), notes
+
+
+def _convert_openclip(src: Path, checkpoint: Checkpoint, output: OutputOptions, dtype, model_cfg, preprocess, name):
+    target = resolve_dtype(dtype, checkpoint.tensors.float_dtypes())
+    config, tensors, architecture, notes = convert_openclip_tensors(model_cfg, checkpoint.tensors, target,
+                                                                    output.progress)
+    architecture = f"{name}: {architecture}"
+    image, image_note = image_processor_settings(**image_settings(model_cfg, preprocess))
+    if image_note:
+        notes.append(image_note)
     if checkpoint.wrapped:
         epoch = checkpoint.metadata.get("epoch")
         notes.append(f"Weights taken from a training checkpoint{f' (epoch {epoch})' if epoch is not None else ''}.")
@@ -211,7 +250,6 @@ def _convert_openclip(src: Path, checkpoint: Checkpoint, output: OutputOptions, 
         notes.append("Image mean and std are OpenCLIP's defaults (OpenAI's values): the checkpoint does not say which "
                      "ones its pretrained tag used.")
     weights_path = checkpoint.path
-    architecture = f"{name}: {architecture_name(facts)}"
 
     def verifier(folder, written_dtype):
         return verify_openclip(weights_path, model_cfg, folder, written_dtype)
@@ -229,7 +267,7 @@ def _convert_openclip(src: Path, checkpoint: Checkpoint, output: OutputOptions, 
             architecture=architecture,
         ),
         notes=notes,
-        tokenizer=dict(pad_token=OPENAI_PAD_TOKEN, model_max_length=facts.context_length, vocab_size=facts.vocab_size),
+        tokenizer=_openclip_tokenizer(src, model_cfg, config.text_config),
         image=image,
         verifier=verifier,
     )

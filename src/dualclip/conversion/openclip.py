@@ -71,9 +71,33 @@ _WHY = {
 }
 
 
+# A timm image tower: OpenCLIP reads these and ignores its own ViT options (`layers`, `width`, ...).
+TIMM_VISION_OPTIONS = {"image_size", "timm_model_name"}
+# A tokenizer carried from the source folder (see `tokenizer_settings`).
+CARRIED_TOKENIZER_OPTIONS = {"hf_tokenizer_name", "tokenizer_kwargs"}
+_TOKENIZER_KWARGS = {"clean", "strip_sep_token"}
+
+
+def check_openclip_options(model_cfg: dict, vision_handled: set = frozenset(), text_handled: set = frozenset()) -> None:
+    """Refuses unknown options and options dualclip cannot express (naming them), except those a family handles:
+    `vision_handled`/`text_handled` (`TIMM_VISION_OPTIONS` makes OpenCLIP's own ViT options irrelevant)."""
+    if not isinstance(model_cfg, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(model_cfg):
+        raise ConversionError("an OpenCLIP model config needs `embed_dim`, `vision_cfg` and `text_cfg`")
+    timm = "timm_model_name" in vision_handled
+    _check_options(model_cfg, "", _HANDLED_TOP, _IGNORED_TOP, _REFUSED_TOP)
+    _check_options(model_cfg["vision_cfg"], "vision_cfg.", vision_handled if timm else _HANDLED_VISION | vision_handled,
+                   _IGNORED_VISION | (_HANDLED_VISION if timm else set()), _REFUSED_VISION)
+    _check_options(model_cfg["text_cfg"], "text_cfg.", _HANDLED_TEXT | text_handled, _IGNORED_TEXT, _REFUSED_TEXT)
+    if "tokenizer_kwargs" in text_handled:
+        unknown = set(model_cfg["text_cfg"].get("tokenizer_kwargs") or {}) - _TOKENIZER_KWARGS
+        if unknown:
+            raise ConversionError(f"unsupported OpenCLIP option text_cfg.tokenizer_kwargs: {', '.join(sorted(unknown))} "
+                                  f"(dualclip carries {', '.join(sorted(_TOKENIZER_KWARGS))})")
+
+
 def _check_options(cfg: dict, where: str, handled: set, ignored: set, refused: dict) -> None:
     for key, value in cfg.items():
-        if key in refused:
+        if key in refused and key not in handled:
             if value not in refused[key]:
                 why = _WHY.get(key, "custom attention blocks (qk_norm, cosine attention, head/attention/MLP scales)")
                 raise ConversionError(
@@ -83,7 +107,7 @@ def _check_options(cfg: dict, where: str, handled: set, ignored: set, refused: d
             raise ConversionError(f"unknown OpenCLIP option {where}{key}={value!r}; refusing to guess what it does")
 
 
-def _square(value, name: str) -> int:
+def square(value, name: str) -> int:
     if isinstance(value, (list, tuple)):
         if len(value) != 2 or value[0] != value[1]:
             raise ConversionError(f"unsupported OpenCLIP option {name}={value!r}: only square sizes are supported")
@@ -91,7 +115,7 @@ def _square(value, name: str) -> int:
     return value
 
 
-def _activation(cfg: dict, quick_gelu: bool, where: str) -> str:
+def activation(cfg: dict, quick_gelu: bool, where: str) -> str:
     act_kwargs = cfg.get("act_kwargs") or {}
     if not act_kwargs:
         return "quick_gelu" if quick_gelu else "gelu"
@@ -100,14 +124,14 @@ def _activation(cfg: dict, quick_gelu: bool, where: str) -> str:
     raise ConversionError(f"unsupported OpenCLIP option {where}act_kwargs={act_kwargs!r}")
 
 
-def _layer_norm_eps(cfg: dict, where: str) -> float:
+def layer_norm_eps(cfg: dict, where: str) -> float:
     norm_kwargs = cfg.get("norm_kwargs") or {}
     if set(norm_kwargs) - {"eps"}:
         raise ConversionError(f"unsupported OpenCLIP option {where}norm_kwargs={norm_kwargs!r} (only eps is supported)")
     return float(norm_kwargs.get("eps", 1e-5))
 
 
-def _expect(name: str, configured, found) -> None:
+def expect(name: str, configured, found) -> None:
     if configured != found:
         raise ConversionError(
             f"the OpenCLIP config does not match the checkpoint: {name} is {configured!r} in the config but "
@@ -117,45 +141,41 @@ def _expect(name: str, configured, found) -> None:
 
 def openclip_config(model_cfg: dict, tensors) -> tuple[DualClipConfig, ShapeFacts]:
     """The dualclip config of an OpenCLIP model, from its model config checked against the checkpoint's shapes."""
-    if not isinstance(model_cfg, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(model_cfg):
-        raise ConversionError("an OpenCLIP model config needs `embed_dim`, `vision_cfg` and `text_cfg`")
+    check_openclip_options(model_cfg)
     vision, text = model_cfg["vision_cfg"], model_cfg["text_cfg"]
-    _check_options(model_cfg, "", _HANDLED_TOP, _IGNORED_TOP, _REFUSED_TOP)
-    _check_options(vision, "vision_cfg.", _HANDLED_VISION, _IGNORED_VISION, _REFUSED_VISION)
-    _check_options(text, "text_cfg.", _HANDLED_TEXT, _IGNORED_TEXT, _REFUSED_TEXT)
     facts = shape_facts(tensors)
     quick_gelu = bool(model_cfg.get("quick_gelu", False))
 
     # OpenCLIP's defaults (CLIPVisionCfg / CLIPTextCfg) for what the JSON leaves out.
-    _expect("embed_dim", model_cfg["embed_dim"], facts.embed_dim)
+    expect("embed_dim", model_cfg["embed_dim"], facts.embed_dim)
     resnet = isinstance(vision.get("layers", 12), (list, tuple))
-    _expect("vision_cfg.layers (ResNet or ViT)", "resnet" if resnet else "vit", facts.backbone)
-    image_size = _square(vision.get("image_size", 224), "vision_cfg.image_size")
-    _expect("vision_cfg.image_size", image_size, facts.image_size)
-    _expect("vision_cfg.width", vision.get("width", 768), facts.vision_width)
+    expect("vision_cfg.layers (ResNet or ViT)", "resnet" if resnet else "vit", facts.backbone)
+    image_size = square(vision.get("image_size", 224), "vision_cfg.image_size")
+    expect("vision_cfg.image_size", image_size, facts.image_size)
+    expect("vision_cfg.width", vision.get("width", 768), facts.vision_width)
     head_width = vision.get("head_width", 64)
     if resnet:
-        _expect("vision_cfg.layers", list(vision["layers"]), facts.resnet_layers)
+        expect("vision_cfg.layers", list(vision["layers"]), facts.resnet_layers)
         vision_heads = facts.vision_hidden_size // head_width
     else:
-        _expect("vision_cfg.layers", vision.get("layers", 12), facts.vision_layers)
-        patch_size = _square(vision.get("patch_size", 16), "vision_cfg.patch_size")
-        _expect("vision_cfg.patch_size", patch_size, facts.patch_size)
+        expect("vision_cfg.layers", vision.get("layers", 12), facts.vision_layers)
+        patch_size = square(vision.get("patch_size", 16), "vision_cfg.patch_size")
+        expect("vision_cfg.patch_size", patch_size, facts.patch_size)
         mlp_width = int(facts.vision_width * vision.get("mlp_ratio", 4.0))
-        _expect("vision_cfg.mlp_ratio (MLP width)", mlp_width, facts.vision_intermediate)
-        _expect("vision_cfg.no_ln_pre", bool(vision.get("no_ln_pre", False)), not facts.pre_norm)
-        _expect("vision_cfg.ls_init_value", vision.get("ls_init_value") is not None, facts.vision_layer_scale)
+        expect("vision_cfg.mlp_ratio (MLP width)", mlp_width, facts.vision_intermediate)
+        expect("vision_cfg.no_ln_pre", bool(vision.get("no_ln_pre", False)), not facts.pre_norm)
+        expect("vision_cfg.ls_init_value", vision.get("ls_init_value") is not None, facts.vision_layer_scale)
         vision_heads = facts.vision_width // head_width
 
-    _expect("text_cfg.width", text.get("width", 512), facts.text_width)
-    _expect("text_cfg.layers", text.get("layers", 12), facts.text_layers)
-    _expect("text_cfg.vocab_size", text.get("vocab_size", OPENAI_VOCAB_SIZE), facts.vocab_size)
-    _expect("text_cfg.context_length", text.get("context_length", 77), facts.context_length)
+    expect("text_cfg.width", text.get("width", 512), facts.text_width)
+    expect("text_cfg.layers", text.get("layers", 12), facts.text_layers)
+    expect("text_cfg.vocab_size", text.get("vocab_size", OPENAI_VOCAB_SIZE), facts.vocab_size)
+    expect("text_cfg.context_length", text.get("context_length", 77), facts.context_length)
     mlp_width = int(facts.text_width * text.get("mlp_ratio", 4.0))
-    _expect("text_cfg.mlp_ratio (MLP width)", mlp_width, facts.text_intermediate)
-    _expect("text_cfg.ls_init_value", text.get("ls_init_value") is not None, facts.text_layer_scale)
-    _expect("text_cfg.proj_bias", bool(text.get("proj_bias", False)), facts.text_projection_bias)
-    _expect("init_logit_bias", model_cfg.get("init_logit_bias") is not None, facts.logit_bias)
+    expect("text_cfg.mlp_ratio (MLP width)", mlp_width, facts.text_intermediate)
+    expect("text_cfg.ls_init_value", text.get("ls_init_value") is not None, facts.text_layer_scale)
+    expect("text_cfg.proj_bias", bool(text.get("proj_bias", False)), facts.text_projection_bias)
+    expect("init_logit_bias", model_cfg.get("init_logit_bias") is not None, facts.logit_bias)
 
     pool_type = text.get("pool_type", "argmax")
     if pool_type == "argmax":
@@ -178,10 +198,10 @@ def openclip_config(model_cfg: dict, tensors) -> tuple[DualClipConfig, ShapeFact
         facts,
         text_heads=text.get("heads", 8),
         vision_heads=vision_heads,
-        hidden_act=_activation(text, quick_gelu, "text_cfg."),
-        vision_hidden_act=_activation(vision, quick_gelu, "vision_cfg."),
-        text_layer_norm_eps=_layer_norm_eps(text, "text_cfg."),
-        vision_layer_norm_eps=_layer_norm_eps(vision, "vision_cfg."),
+        hidden_act=activation(text, quick_gelu, "text_cfg."),
+        vision_hidden_act=activation(vision, quick_gelu, "vision_cfg."),
+        text_layer_norm_eps=layer_norm_eps(text, "text_cfg."),
+        vision_layer_norm_eps=layer_norm_eps(vision, "vision_cfg."),
         pad_token_id=0,
         causal_mask=not text.get("no_causal_mask", False),
         text_layer_scale_init_value=text.get("ls_init_value"),
@@ -234,7 +254,7 @@ def image_settings(model_cfg: dict, preprocess_cfg: dict) -> dict:
     """Arguments of `image_processor_settings` for an OpenCLIP model: its `preprocess_cfg`, else OpenCLIP's defaults."""
     size = preprocess_cfg.get("size", model_cfg.get("vision_cfg", {}).get("image_size", 224))
     return dict(
-        image_size=_square(size, "preprocess_cfg.size"),
+        image_size=square(size, "preprocess_cfg.size"),
         mean=tuple(preprocess_cfg.get("mean", OPENAI_IMAGE_MEAN)),
         std=tuple(preprocess_cfg.get("std", OPENAI_IMAGE_STD)),
         interpolation=preprocess_cfg.get("interpolation", "bicubic"),

@@ -72,8 +72,9 @@ class OutputOptions:
 def write_dualclip_folder(
     output: OutputOptions, model_class, config, tensors: dict, *, card: dict, notes: list, tokenizer, image, verifier
 ) -> ConversionResult:
-    """Builds `model_class` from `tensors` (consumed) and writes its folder atomically: weights and config, tokenizer
-    (`tokenizer`: arguments of `save_tokenizer`, or None), image processor (`image`: its settings, or None),
+    """Builds `model_class` from `tensors` (consumed) and writes its folder atomically: weights and config, image
+    processor (`image`: its settings, or None), tokenizer (`tokenizer`: arguments of `save_tokenizer`, a writer
+    `tokenizer(folder) -> note or None` called after the image processor is written, or None),
     verification (`verifier(folder, dtype)`, when asked for), and the model card (`card`: `CardFacts` fields)."""
     model = build_model(model_class, config, tensors)
     tensors.clear()
@@ -83,10 +84,12 @@ def write_dualclip_folder(
     with staged_output(output.out, output.overwrite) as staging:
         save_model(model, staging, output.max_shard_size, output.progress)
         del model
-        if tokenizer is not None:
-            notes.append(save_tokenizer(staging, **tokenizer))
         if image is not None:
             notes.append(save_image_processor(staging, image))
+        if callable(tokenizer):
+            notes.append(tokenizer(staging))
+        elif tokenizer is not None:
+            notes.append(save_tokenizer(staging, **tokenizer))
         verification = None
         if output.verify:
             with transformers_progress_bars(output.progress):

@@ -93,3 +93,45 @@ def pad_token_of(folder) -> str | None:
         if isinstance(pad, str):
             return pad
     return None
+
+
+# Files that make up a transformers tokenizer in a source folder (OpenCLIP hub folders carry them beside the weights).
+TOKENIZER_FILE_NAMES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "spiece.model",
+    "sentencepiece.bpe.model", "tokenizer.model", "vocab.txt", "vocab.json", "merges.txt",
+)
+
+
+def has_tokenizer_files(folder) -> bool:
+    """Whether `folder` holds any of a transformers tokenizer's files."""
+    return folder is not None and any((Path(folder) / name).is_file() for name in TOKENIZER_FILE_NAMES)
+
+
+def save_carried_tokenizer(
+    folder, source, *, model_max_length: int, text_cleaning=None, pad_to_max_length=False, strip_sep_token=False
+) -> str | None:
+    """Writes the tokenizer of the `source` folder (read by `AutoTokenizer` from local files, no remote code) with
+    `model_max_length`, and a `DualClipProcessor` holding the original tokenizer's text defaults (see
+    `DualClipProcessor`) beside the image processor already written in `folder`; `AutoProcessor` on `folder` then
+    encodes captions as the original did. Returns a note when the source has no tokenizer."""
+    from transformers import AutoTokenizer
+
+    if not has_tokenizer_files(source):
+        return ("no tokenizer written: the source has no tokenizer files (" + ", ".join(TOKENIZER_FILE_NAMES[:5])
+                + ", ...); copy the original's tokenizer into the folder before tokenizing text for this model")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError) as error:
+        return f"no tokenizer written: the source's tokenizer files could not be read ({error})"
+    tokenizer.model_max_length = model_max_length
+    tokenizer.save_pretrained(folder)
+    from ..image_processing_dualclip import DualClipImageProcessor
+    from ..processing_dualclip import DualClipProcessor
+
+    if (Path(folder) / "preprocessor_config.json").is_file():
+        processor = DualClipProcessor(
+            DualClipImageProcessor.from_pretrained(folder), tokenizer, text_cleaning=text_cleaning,
+            pad_to_max_length=pad_to_max_length, strip_sep_token=strip_sep_token,
+        )
+        processor.save_pretrained(folder)
+    return None

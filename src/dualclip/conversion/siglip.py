@@ -16,7 +16,49 @@ import re
 
 import torch
 
+from ..configuration_dualclip import DualClipConfig
+from ..modeling_dualclip_siglip import DualClipSiglipTextConfig, DualClipSiglipVisionConfig
 from .errors import ConversionError
+from .clip_layout import count_indices
+from .openclip import (
+    CARRIED_TOKENIZER_OPTIONS,
+    TIMM_VISION_OPTIONS,
+    activation,
+    check_openclip_options,
+    expect,
+    layer_norm_eps,
+    square,
+)
+
+
+def _siglip_vit(patch, width, depth, heads, mlp, resolution, exact_gelu):
+    return dict(
+        patch_size=patch, hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads,
+        intermediate_size=mlp, image_size=resolution, hidden_act="gelu" if exact_gelu else "gelu_pytorch_tanh",
+    )
+
+
+# timm's SigLIP image towers as timm's registered functions build them (timm is not imported at conversion time;
+# tests/test_siglip_conversion.py checks this table against timm). The MAP head has the same heads and MLP width.
+# timm builds the first SigLIP releases with exact GELU and the later ones (SigLIP 2 sizes) with tanh GELU.
+SIGLIP_VISION_ARCHITECTURES = {
+    "vit_base_patch16_siglip_224": _siglip_vit(16, 768, 12, 12, 3072, 224, True),
+    "vit_base_patch16_siglip_256": _siglip_vit(16, 768, 12, 12, 3072, 256, True),
+    "vit_base_patch16_siglip_384": _siglip_vit(16, 768, 12, 12, 3072, 384, True),
+    "vit_base_patch16_siglip_512": _siglip_vit(16, 768, 12, 12, 3072, 512, True),
+    "vit_base_patch32_siglip_256": _siglip_vit(32, 768, 12, 12, 3072, 256, False),
+    "vit_large_patch16_siglip_256": _siglip_vit(16, 1024, 24, 16, 4096, 256, True),
+    "vit_large_patch16_siglip_384": _siglip_vit(16, 1024, 24, 16, 4096, 384, True),
+    "vit_large_patch16_siglip_512": _siglip_vit(16, 1024, 24, 16, 4096, 512, False),
+    "vit_so400m_patch14_siglip_224": _siglip_vit(14, 1152, 27, 16, 4304, 224, True),
+    "vit_so400m_patch14_siglip_378": _siglip_vit(14, 1152, 27, 16, 4304, 378, True),
+    "vit_so400m_patch14_siglip_384": _siglip_vit(14, 1152, 27, 16, 4304, 384, True),
+    "vit_so400m_patch16_siglip_256": _siglip_vit(16, 1152, 27, 16, 4304, 256, False),
+    "vit_so400m_patch16_siglip_384": _siglip_vit(16, 1152, 27, 16, 4304, 384, False),
+    "vit_so400m_patch16_siglip_512": _siglip_vit(16, 1152, 27, 16, 4304, 512, False),
+    "vit_giantopt_patch16_siglip_256": _siglip_vit(16, 1536, 40, 16, 6144, 256, False),
+    "vit_giantopt_patch16_siglip_384": _siglip_vit(16, 1536, 40, 16, 6144, 384, False),
+}
 
 _TEXT_LAYER = re.compile(r"^text\.transformer\.resblocks\.(\d+)\.(.+)$")
 _VISION_LAYER = re.compile(r"^visual\.trunk\.blocks\.(\d+)\.(.+)$")
@@ -72,9 +114,16 @@ def openclip_siglip_to_siglip_state_dict(state_dict: dict[str, torch.Tensor]) ->
     `SiglipModel` names, as `DualClipModel` with the SigLIP towers holds them.
 
     `logit_scale`/`logit_bias` keep OpenCLIP's scalar shape (dualclip's); `SiglipModel` itself stores 1-element
-    vectors. Raises `ConversionError` naming every key it cannot place.
+    vectors. A text tower without projection (OpenCLIP's `proj_type="none"`, whose text width is the joint width)
+    gets an identity `head` with a zero bias: exact, since `x @ I + 0` is `x` in floating point. Raises
+    `ConversionError` naming every key it cannot place.
     """
     out: dict[str, torch.Tensor] = {}
+    if not any(key.startswith("text.text_projection") for key in state_dict):
+        width = state_dict["text.ln_final.weight"].shape[0]
+        reference = state_dict["text.ln_final.weight"]
+        out["text_model.head.weight"] = torch.eye(width, dtype=reference.dtype, device=reference.device)
+        out["text_model.head.bias"] = reference.new_zeros(width)
     unknown = []
     for key, tensor in state_dict.items():
         if key in _RENAMES:
@@ -129,4 +178,66 @@ def openclip_siglip_to_siglip_state_dict(state_dict: dict[str, torch.Tensor]) ->
     return out
 
 
-__all__ = ["openclip_siglip_to_siglip_state_dict"]
+def siglip_config(model_cfg: dict, tensors) -> DualClipConfig:
+    """The dualclip config of an OpenCLIP SigLIP model (a timm `vit_*_siglip_*` image tower and OpenCLIP's text
+    tower), from its model config checked against the checkpoint's tensor shapes (`tensors.shape(name)`)."""
+    check_openclip_options(model_cfg, TIMM_VISION_OPTIONS, CARRIED_TOKENIZER_OPTIONS | {"proj_type"})
+    vision, text = model_cfg["vision_cfg"], model_cfg["text_cfg"]
+    timm_name = vision["timm_model_name"]
+    architecture = SIGLIP_VISION_ARCHITECTURES.get(timm_name)
+    if architecture is None:
+        raise ConversionError(f"unsupported OpenCLIP option vision_cfg.timm_model_name={timm_name!r}: not one of "
+                              f"timm's SigLIP towers dualclip knows ({', '.join(SIGLIP_VISION_ARCHITECTURES)})")
+    for key, allowed in (("timm_pool", ("map",)), ("timm_proj", ("none",))):
+        if vision.get(key) not in allowed:
+            raise ConversionError(f"unsupported OpenCLIP option vision_cfg.{key}={vision.get(key)!r} for a SigLIP "
+                                  f"tower (supported: {', '.join(map(repr, allowed))})")
+    image_size = square(vision.get("image_size", architecture["image_size"]), "vision_cfg.image_size")
+    width, patch = architecture["hidden_size"], architecture["patch_size"]
+    shape = tensors.shape
+    expect("the timm tower's width", width, shape("visual.trunk.patch_embed.proj.weight")[0])
+    expect("the timm tower's patch size", patch, shape("visual.trunk.patch_embed.proj.weight")[-1])
+    expect("the timm tower's depth", architecture["num_hidden_layers"], count_indices(tensors.keys(), "visual.trunk.blocks."))
+    expect("the timm tower's MLP width", architecture["intermediate_size"], shape("visual.trunk.blocks.0.mlp.fc1.weight")[0])
+    expect("vision_cfg.image_size (patch grid)", (image_size // patch) ** 2, shape("visual.trunk.pos_embed")[1])
+
+    if text.get("pool_type", "argmax") != "last" or not text.get("no_causal_mask", False):
+        raise ConversionError("unsupported OpenCLIP text tower for a SigLIP model: the SigLIP family needs "
+                              "text_cfg.pool_type='last' and text_cfg.no_causal_mask=true")
+    proj_type = text.get("proj_type") or "linear"
+    if proj_type not in ("linear", "none") or (proj_type == "linear") != bool(text.get("proj_bias", False)):
+        raise ConversionError(f"unsupported OpenCLIP text projection (proj_type={proj_type!r}, proj_bias="
+                              f"{text.get('proj_bias', False)!r}): the SigLIP family has a biased Linear or none")
+    text_width = text.get("width", 512)
+    expect("text_cfg.width", text_width, shape("text.ln_final.weight")[0])
+    expect("text_cfg.layers", text.get("layers", 12), count_indices(tensors.keys(), "text.transformer.resblocks."))
+    expect("text_cfg.vocab_size", text.get("vocab_size"), shape("text.token_embedding.weight")[0])
+    expect("text_cfg.context_length", text.get("context_length", 77), shape("text.positional_embedding")[0])
+    text_mlp = int(text_width * text.get("mlp_ratio", 4.0))
+    expect("text_cfg.mlp_ratio (MLP width)", text_mlp, shape("text.transformer.resblocks.0.mlp.c_fc.weight")[0])
+    embed_dim = model_cfg["embed_dim"]
+    expect("embed_dim", embed_dim, shape("text.text_projection.weight")[0] if proj_type == "linear" else text_width)
+    expect("embed_dim (the image tower's width)", embed_dim, width)
+    expect("init_logit_bias", model_cfg.get("init_logit_bias") is not None, "logit_bias" in tensors)
+
+    text_config = DualClipSiglipTextConfig(
+        vocab_size=text["vocab_size"], hidden_size=text_width, intermediate_size=text_mlp,
+        num_hidden_layers=text.get("layers", 12), num_attention_heads=text.get("heads", 8),
+        max_position_embeddings=text.get("context_length", 77), projection_size=embed_dim,
+        hidden_act=activation(text, False, "text_cfg."), layer_norm_eps=layer_norm_eps(text, "text_cfg."),
+        # Set from the tokenizer when the source carries one; pooling and attention never read them.
+        pad_token_id=None, bos_token_id=None, eos_token_id=None,
+        # big_vision and OpenCLIP trained these towers attending to the padding.
+        mask_padding=False,
+    )
+    vision_config = DualClipSiglipVisionConfig(
+        **{**architecture, "image_size": image_size}, num_channels=3, layer_norm_eps=1e-6,
+    )
+    return DualClipConfig(
+        text_config=text_config, vision_config=vision_config, projection_dim=embed_dim,
+        logit_bias_init_value=float(model_cfg.get("init_logit_bias", -10.0)), logit_scale_max=None,
+        loss_type="sigmoid",
+    )
+
+
+__all__ = ["SIGLIP_VISION_ARCHITECTURES", "openclip_siglip_to_siglip_state_dict", "siglip_config"]

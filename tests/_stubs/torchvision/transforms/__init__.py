@@ -1,13 +1,6 @@
 """Names the reference packages import; calling any of them fails loudly."""
-import enum
-
 from . import functional  # noqa: F401
-
-
-class InterpolationMode(enum.Enum):
-    NEAREST = "nearest"
-    BILINEAR = "bilinear"
-    BICUBIC = "bicubic"
+from .functional import InterpolationMode  # noqa: F401
 
 
 class _Unavailable:
