@@ -52,6 +52,18 @@ CONFIGS = {
         vision_cfg=dict(VIT),
         text_cfg=dict(TEXT, pool_type="eos", eos_id=49407),
     ),
+    # CLIPA: no ln_pre, the patch mean pooled then normed; bidirectional text pooled at the last position.
+    "clipa-style": dict(
+        embed_dim=32,
+        vision_cfg=dict(VIT, no_ln_pre=True, pool_type="avg", final_ln_after_pool=True),
+        text_cfg=dict(TEXT, pool_type="last", no_causal_mask=True),
+    ),
+    # OpenCLIP's `pool_type="avg"` alone: the patches normed, then their mean.
+    "patch-mean-after-norm": dict(
+        embed_dim=32,
+        vision_cfg=dict(VIT, pool_type="avg"),
+        text_cfg=dict(TEXT),
+    ),
     # OpenCLIP's ModifiedResNet with 32-wide attention-pool heads.
     "resnet-head-width": dict(
         embed_dim=32,
@@ -195,15 +207,15 @@ def test_preprocessing_and_tokenizer_files(tmp_path):
         (lambda c: c["vision_cfg"].update(timm_model_name="vit_base_patch16_224"), "vision_cfg.timm_model_name"),
         (lambda c: c["text_cfg"].update(hf_model_name="roberta-base"), "text_cfg.hf_model_name"),
         (lambda c: c.update(multimodal_cfg={"width": 64}), "multimodal_cfg"),
-        (lambda c: c["vision_cfg"].update(final_ln_after_pool=True), "vision_cfg.final_ln_after_pool"),
+        (lambda c: c["text_cfg"].update(final_ln_after_pool=True), "text_cfg.final_ln_after_pool"),
         (lambda c: c["text_cfg"].update(embed_cls=True), "text_cfg.embed_cls"),
         (lambda c: c["vision_cfg"].update(qk_norm=True), "vision_cfg.qk_norm"),
         (lambda c: c["text_cfg"].update(scaled_cosine_attn=True), "text_cfg.scaled_cosine_attn"),
         (lambda c: c["vision_cfg"].update(pos_embed_type="sin_cos_2d"), "vision_cfg.pos_embed_type"),
         (lambda c: c["text_cfg"].update(proj_type="mlp"), "text_cfg.proj_type"),
-        (lambda c: c["vision_cfg"].update(pool_type="avg"), "vision_cfg.pool_type"),
+        (lambda c: c["vision_cfg"].update(pool_type="none"), "vision_cfg.pool_type"),
         (lambda c: c["text_cfg"].update(pool_type="first"), "text_cfg.pool_type"),
-        (lambda c: c["text_cfg"].update(hf_tokenizer_name="bert-base-uncased"), "text_cfg.hf_tokenizer_name"),
+        (lambda c: c["text_cfg"].update(tokenizer_mode="clips"), "text_cfg.tokenizer_mode"),
         (lambda c: c["text_cfg"].update(some_future_option=1), "text_cfg.some_future_option"),
     ],
 )
@@ -244,3 +256,50 @@ def test_a_padding_mask_never_moves_features_away_from_open_clip(tmp_path):
     assert_close(converted.encode_text(ids, attention_mask=mask), want, "encode_text with a mask")
     assert_close(converted.get_text_features(input_ids=ids, attention_mask=mask).pooler_output, want,
                  "get_text_features with a mask")
+
+
+def save_wordpiece_tokenizer(folder, words):
+    """A BERT-style tokenizer ([CLS] text [SEP], lower-casing WordPiece, pad 0) from `words`."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+    )
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                            sep_token="[SEP]").save_pretrained(folder)
+    return len(vocab)
+
+
+@torch.no_grad()
+def test_clipa_hub_folder_carries_its_tokenizer_and_text_defaults(tmp_path):
+    """CLIPA: OpenCLIP's HFTokenizer over bert-base-uncased with `strip_sep_token` (SEP replaced by 0), captions
+    padded to the 32-token context; the converted folder's processor gives the same ids and the model the same
+    features, with the attention mask the processor also returns ignored."""
+    from open_clip.tokenizer import HFTokenizer
+    from transformers import AutoModel, AutoProcessor
+
+    words = ["a", "photo", "of", "cat", "dog", "the", "on", "mat", "##s", ",", "."]
+    vocab_size = save_wordpiece_tokenizer(tmp_path / "tokenizer", words)
+    cfg = json.loads(json.dumps(CONFIGS["clipa-style"]))
+    cfg["text_cfg"].update(vocab_size=vocab_size, context_length=32, hf_tokenizer_name="bert-base-uncased",
+                           tokenizer_kwargs={"strip_sep_token": True})
+    reference = openclip_model(tmp_path, "clipa-tokenizer", cfg)
+    folder = save_hub_folder(reference, cfg, tmp_path / "hub")
+    for path in (tmp_path / "tokenizer").iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    convert_checkpoint(folder, tmp_path / "out")
+
+    captions = ["A photo of the cats, on the MAT.", "dog", "a " * 40]
+    want_ids = HFTokenizer(str(folder), context_length=32, strip_sep_token=True)(captions)
+    processor = AutoProcessor.from_pretrained(tmp_path / "out")
+    inputs = processor(text=captions, return_tensors="pt")
+    assert torch.equal(inputs["input_ids"], want_ids)
+    assert not bool((want_ids == 3).any())  # SEP stripped
+    model = AutoModel.from_pretrained(tmp_path / "out").eval()
+    assert_close(model.encode_text(inputs["input_ids"], attention_mask=inputs["attention_mask"]),
+                 reference.encode_text(want_ids), "CLIPA text features")

@@ -6,6 +6,7 @@ Module names follow transformers' `CLIPVisionModel` (`embeddings.patch_embedding
 """
 
 import math
+from typing import Literal
 
 import torch
 from huggingface_hub.dataclasses import strict
@@ -48,6 +49,11 @@ class DualClipVisionConfig(TowerConfig, PreTrainedConfig):
             Whether `visual_projection` has a bias.
         layer_scale_init_value (`float`, *optional*):
             Initial value of LayerScale in every layer (OpenCLIP `ls_init_value`); `None` means none.
+        pooling (`str`, defaults to `"class_token"`):
+            What `pooler_output` is. `"class_token"`: `post_layernorm` of the class token (CLIP).
+            `"patch_mean"`: `post_layernorm` of the mean of the patch tokens (OpenCLIP `pool_type="avg"` with
+            `final_ln_after_pool`: CLIPA). `"normed_patch_mean"`: the mean of the patch tokens after
+            `post_layernorm` (OpenCLIP `pool_type="avg"` alone).
     """
 
     model_type = "dualclip_vision_model"
@@ -70,6 +76,7 @@ class DualClipVisionConfig(TowerConfig, PreTrainedConfig):
     pre_norm: bool = True
     projection_bias: bool = False
     layer_scale_init_value: int | float | None = None
+    pooling: Literal["class_token", "patch_mean", "normed_patch_mean"] = "class_token"
 
     def validate_architecture(self):
         """Raises `ValueError` naming the field when a value is invalid or contradicts another."""
@@ -157,18 +164,24 @@ class DualClipVisionTransformer(DualClipPreTrainedModel):
     def forward(
         self, pixel_values, interpolate_pos_encoding=False, pooled_only=False, **kwargs: Unpack[TransformersKwargs]
     ):
-        """`pooled_only=True`: the last layer computes only the class token, the one position pooling reads, and
-        `last_hidden_state` is that position alone."""
+        """`pooled_only=True` with class-token pooling: the last layer computes only the class token, the one
+        position pooling reads, and `last_hidden_state` is that position alone (patch means read every position)."""
         check_pixel_values(pixel_values, self.config, interpolate_pos_encoding)
         hidden_states = self.pre_layrnorm(self.embeddings(pixel_values, interpolate_pos_encoding))
         pooled_query = None
-        if pooled_only:
+        if pooled_only and self.config.pooling == "class_token":
             class_token = torch.zeros(hidden_states.shape[0], dtype=torch.long, device=hidden_states.device)
             pooled_query = PooledQuery(class_token)
         last_hidden_state = self.encoder(hidden_states, pooled_query=pooled_query, **kwargs).last_hidden_state
-        return BaseModelOutputWithPooling(
-            last_hidden_state=last_hidden_state, pooler_output=self.post_layernorm(last_hidden_state[:, 0])
-        )
+        return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=self.pool(last_hidden_state))
+
+    def pool(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
+        """`pooler_output` from the encoder's output (see `DualClipVisionConfig.pooling`)."""
+        if self.config.pooling == "class_token":
+            return self.post_layernorm(last_hidden_state[:, 0])
+        if self.config.pooling == "patch_mean":
+            return self.post_layernorm(last_hidden_state[:, 1:].mean(dim=1))
+        return self.post_layernorm(last_hidden_state[:, 1:]).mean(dim=1)
 
 
 

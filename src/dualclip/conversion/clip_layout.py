@@ -164,6 +164,7 @@ def build_config(
     vision_layer_scale_init_value: float | None = None,
     logit_bias_init_value: float | None = None,
     loss_type: str = "infonce",
+    vision_pooling: str = "class_token",
 ) -> DualClipConfig:
     """The `DualClipConfig` for `facts` and the choices that tensor shapes cannot tell.
 
@@ -205,6 +206,7 @@ def build_config(
             patch_size=facts.patch_size,
             pre_norm=facts.pre_norm,
             layer_scale_init_value=vision_layer_scale_init_value if facts.vision_layer_scale else None,
+            pooling=vision_pooling,
         )
     else:
         vision.update(model_type=DualClipResNetConfig.model_type, resnet_layers=facts.resnet_layers,

@@ -147,6 +147,8 @@ def _vision_blockers(vision) -> list[str]:
         blockers.append("a visual projection bias")
     if vision.layer_scale_init_value is not None:
         blockers.append("LayerScale in the image tower")
+    if vision.pooling != "class_token":
+        blockers.append(f"image pooling={vision.pooling!r} (stock CLIP pools the class token)")
     return blockers
 
 

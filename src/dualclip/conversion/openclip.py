@@ -34,7 +34,7 @@ _IGNORED_TEXT = {"output_tokens", "pad_id", "hf_model_pretrained", "hf_proj_type
 _HANDLED_TOP = {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "init_logit_bias", "nonscalar_logit_scale"}
 _HANDLED_VISION = {
     "layers", "width", "head_width", "mlp_ratio", "patch_size", "image_size", "ls_init_value", "no_ln_pre",
-    "act_kwargs", "norm_kwargs",
+    "act_kwargs", "norm_kwargs", "pool_type", "final_ln_after_pool",
 }
 _HANDLED_TEXT = {
     "context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "ls_init_value", "eos_id",
@@ -49,7 +49,6 @@ _CUSTOM_BLOCK = {
 }
 _REFUSED_VISION = {
     **_CUSTOM_BLOCK, "timm_model_name": (None, ""), "attentional_pool": (False,), "pos_embed_type": ("learnable",),
-    "pool_type": ("tok",), "final_ln_after_pool": (False,),
 }
 _REFUSED_TEXT = {
     **_CUSTOM_BLOCK, "hf_model_name": (None, ""), "hf_tokenizer_name": (None, ""), "tokenizer_kwargs": (None, {}),
@@ -64,7 +63,7 @@ _WHY = {
     "tokenizer_mode": "tokenizer settings other than OpenAI's",
     "attentional_pool": "attentional pooling",
     "pos_embed_type": "position embeddings other than learned ones",
-    "pool_type": "pooling other than the class token (image) or eos/argmax/last (text)",
+    "pool_type": "pooling other than eos/argmax/last (text)",
     "final_ln_after_pool": "LayerNorm after pooling",
     "embed_cls": "a text class token (CoCa)",
     "proj_type": "projections other than linear",
@@ -141,7 +140,7 @@ def expect(name: str, configured, found) -> None:
 
 def openclip_config(model_cfg: dict, tensors) -> tuple[DualClipConfig, ShapeFacts]:
     """The dualclip config of an OpenCLIP model, from its model config checked against the checkpoint's shapes."""
-    check_openclip_options(model_cfg)
+    check_openclip_options(model_cfg, text_handled=CARRIED_TOKENIZER_OPTIONS)
     vision, text = model_cfg["vision_cfg"], model_cfg["text_cfg"]
     facts = shape_facts(tensors)
     quick_gelu = bool(model_cfg.get("quick_gelu", False))
@@ -196,6 +195,7 @@ def openclip_config(model_cfg: dict, tensors) -> tuple[DualClipConfig, ShapeFact
     logit_bias = model_cfg.get("init_logit_bias")
     config = build_config(
         facts,
+        vision_pooling=_vision_pooling(vision, resnet),
         text_heads=text.get("heads", 8),
         vision_heads=vision_heads,
         hidden_act=activation(text, quick_gelu, "text_cfg."),
@@ -212,6 +212,22 @@ def openclip_config(model_cfg: dict, tensors) -> tuple[DualClipConfig, ShapeFact
         **tokens,
     )
     return config, facts
+
+
+def _vision_pooling(vision: dict, resnet: bool) -> str:
+    """dualclip's `pooling` for OpenCLIP's ViT `pool_type` and `final_ln_after_pool`."""
+    pool_type, after = vision.get("pool_type", "tok"), bool(vision.get("final_ln_after_pool", False))
+    if resnet:
+        if pool_type != "tok" or after:
+            raise ConversionError("unsupported OpenCLIP option for a ResNet image tower: vision_cfg.pool_type / "
+                                  "final_ln_after_pool (its attention pool is fixed)")
+        return "class_token"
+    if pool_type == "tok":
+        return "class_token"  # the LayerNorm commutes with taking one token: `final_ln_after_pool` changes nothing
+    if pool_type == "avg":
+        return "patch_mean" if after else "normed_patch_mean"
+    raise ConversionError(f"unsupported OpenCLIP option vision_cfg.pool_type={pool_type!r}: dualclip's ViT pools the "
+                          "class token ('tok') or the patch mean ('avg')")
 
 
 def openclip_model_config_path(model_name: str) -> Path:
