@@ -183,3 +183,45 @@ def test_architecture_table_equals_what_timm_builds():
 
 
 assert TOLERANCE == 1e-5
+
+
+@torch.no_grad()
+def test_export_to_siglip_model_is_bit_identical_and_round_trips(converted, tmp_path):
+    from transformers import SiglipModel
+
+    from dualclip import DualClipModel
+
+    out, _ = converted
+    result = convert_checkpoint(out, tmp_path / "stock", to="hf")
+    assert result.model_class == "SiglipModel"
+    stock = SiglipModel.from_pretrained(tmp_path / "stock").eval()
+    ours = DualClipModel.from_pretrained(out).eval()
+    inputs = AutoProcessor.from_pretrained(out)(text=CAPTIONS, images=images(), return_tensors="pt")
+    want, got = ours(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"]), stock(
+        input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"])
+    assert torch.equal(got.logits_per_image, want.logits_per_image)
+    assert torch.equal(got.text_embeds, want.text_embeds) and torch.equal(got.image_embeds, want.image_embeds)
+    # The stock folder loads back into dualclip unchanged: the same tensors.
+    back = DualClipModel.from_pretrained(tmp_path / "stock").state_dict()
+    assert all(torch.equal(value, back[key]) for key, value in ours.state_dict().items())
+    # Its processor: the carried tokenizer and a stock SigLIP image processor with the same pixels.
+    stock_pixels = AutoProcessor.from_pretrained(tmp_path / "stock").image_processor(images(), return_tensors="pt")
+    assert torch.equal(stock_pixels["pixel_values"], inputs["pixel_values"])
+    assert any("cleans captions" in note for note in result.notes)
+
+
+def test_export_of_a_mixed_model_names_the_tower(tmp_path):
+    from dualclip import DualClipConfig, DualClipModel
+    from dualclip.modeling_dualclip_siglip import DualClipSiglipTextConfig
+
+    config = DualClipConfig(
+        text_config=DualClipSiglipTextConfig(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+                                             num_attention_heads=4, max_position_embeddings=16, projection_size=24),
+        vision_config=dict(hidden_size=24, intermediate_size=40, num_hidden_layers=1, num_attention_heads=4,
+                           image_size=32, patch_size=8, projection_dim=24),
+        projection_dim=24,
+    )
+    DualClipModel(config).save_pretrained(tmp_path / "mixed")
+    with pytest.raises(ConversionError, match="dualclip_siglip_text_model text tower"):
+        convert_checkpoint(tmp_path / "mixed", tmp_path / "stock", to="hf")
+    assert not (tmp_path / "stock").exists()

@@ -16,16 +16,32 @@ CLIP_MODEL_TYPES = {"clip": "dualclip", "clip_text_model": "dualclip_text_model"
 _STOCK_ONLY_KEYS = ("text_config_dict", "vision_config_dict")
 
 
+# transformers SigLIP model types read the same way (the SigLIP tower family holds transformers' SigLIP towers).
+SIGLIP_MODEL_TYPES = {
+    "siglip": "dualclip", "siglip_text_model": "dualclip_siglip_text_model",
+    "siglip_vision_model": "dualclip_siglip_vision_model",
+}
+# `SiglipModel` always has a logit bias and never caps its logit scale; its towers end in their own heads.
+_SIGLIP_MODEL_DEFAULTS = {"logit_bias_init_value": -10.0, "logit_scale_max": None, "loss_type": "sigmoid"}
+
+
 def translate_clip_config_dict(config_dict: dict) -> dict:
-    """A transformers CLIP config dict with dualclip's `model_type`s (sub-configs included); others unchanged."""
+    """A transformers CLIP or SigLIP config dict with dualclip's `model_type`s (sub-configs included); others
+    unchanged."""
     model_type = config_dict.get("model_type")
-    if model_type not in CLIP_MODEL_TYPES:
+    types = CLIP_MODEL_TYPES if model_type in CLIP_MODEL_TYPES else SIGLIP_MODEL_TYPES
+    if model_type not in types:
         return config_dict
     translated = {k: v for k, v in config_dict.items() if k not in _STOCK_ONLY_KEYS}
-    translated["model_type"] = CLIP_MODEL_TYPES[model_type]
+    translated["model_type"] = types[model_type]
     for key in ("text_config", "vision_config"):
         if isinstance(translated.get(key), dict):
-            translated[key] = translate_clip_config_dict(translated[key])
+            translated[key] = translate_clip_config_dict({"model_type": f"{model_type}_{key[:-7]}_model",
+                                                          **translated[key]})
+    if model_type == "siglip":
+        text = translated.get("text_config") or {}
+        projection_dim = text.get("projection_size") or text.get("hidden_size", 768)
+        translated = {**_SIGLIP_MODEL_DEFAULTS, "projection_dim": projection_dim, **translated}
     return translated
 
 

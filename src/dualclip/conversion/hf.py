@@ -125,6 +125,8 @@ def dualclip_config_from_clip(folder, config_dict: dict):
 
 
 def _text_blockers(text) -> list[str]:
+    if text.model_type != "dualclip_text_model":
+        return [f"the {text.model_type} text tower (stock CLIP has CLIP text towers only)"]
     blockers = []
     if text.pooling == "last":
         blockers.append("text pooling='last' (stock CLIP pools at the end-of-text token)")
@@ -152,7 +154,7 @@ def _vision_blockers(vision) -> list[str]:
     return blockers
 
 
-def _stock_fields(config, stock_class) -> dict:
+def stock_fields(config, stock_class) -> dict:
     fields = set(stock_class().to_dict()) - {"architectures", "dtype", "transformers_version", "_name_or_path"}
     values = {k: v for k, v in config.to_dict().items() if k in fields and k not in ("text_config", "vision_config")}
     values.pop("model_type", None)
@@ -162,7 +164,7 @@ def _stock_fields(config, stock_class) -> dict:
 def _clip_text_config(text):
     from transformers import CLIPTextConfig
 
-    values = _stock_fields(text, CLIPTextConfig)
+    values = stock_fields(text, CLIPTextConfig)
     if text.pooling == "argmax":
         # Stock CLIP pools with argmax exactly when its eos_token_id is the legacy value 2.
         values["eos_token_id"] = 2
@@ -186,11 +188,11 @@ def clip_config_from_dualclip(config):
     if isinstance(config, DualClipTextConfig):
         return _clip_text_config(config)
     if isinstance(config, DualClipVisionConfig):
-        return CLIPVisionConfig(**_stock_fields(config, CLIPVisionConfig))
-    top = _stock_fields(config, CLIPConfig)
+        return CLIPVisionConfig(**stock_fields(config, CLIPVisionConfig))
+    top = stock_fields(config, CLIPConfig)
     return CLIPConfig(
         text_config=_clip_text_config(config.text_config).to_dict(),
-        vision_config=CLIPVisionConfig(**_stock_fields(config.vision_config, CLIPVisionConfig)).to_dict(),
+        vision_config=CLIPVisionConfig(**stock_fields(config.vision_config, CLIPVisionConfig)).to_dict(),
         **top,
     )
 
