@@ -74,7 +74,7 @@ def converted(hub_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("out") / "siglip"
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(SIGLIP_VISION_ARCHITECTURES, TIMM_NAME, TINY_ARCHITECTURE)
-        result = convert_checkpoint(folder, out)
+        result = convert_checkpoint(folder, out, verify=True)
     return out, result
 
 
@@ -106,6 +106,7 @@ def test_features_and_logits_equal_open_clip(hub_folder, converted):
     got = model(**inputs)
     assert_close(got.logits_per_image, want_logits, "logits (scale exp(5) > 100, bias -3.5)")
     assert result.model_class == "DualClipModel" and "SigLIP" in result.architecture
+    assert result.verification.passed, result.verification.summary()
 
 
 def test_pixels_equal_transformers_siglip_processor(converted):

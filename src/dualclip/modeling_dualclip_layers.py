@@ -1,5 +1,6 @@
-"""Layers shared by dualclip's towers: attention on transformers' attention interface, the MLP, LayerScale, the
-pre-norm layer and the encoder stack; and the input check every image tower makes.
+"""Layers shared by dualclip's towers: attention on transformers' attention interface, the MLPs (GELU-style and
+SwiGLU), LayerScale, rotary position embeddings, the transformer layer and the encoder stack; and the input check
+every image tower makes.
 
 Attention runs through `ALL_ATTENTION_FUNCTIONS` (eager, sdpa, flex, flash, registered kernels) with masks from
 transformers' mask utilities, exactly as transformers' CLIP does. Module and parameter names follow transformers
@@ -7,6 +8,12 @@ CLIP (`self_attn.q_proj`, `layer_norm1`, `mlp.fc1`, ...), so its checkpoints loa
 
 The one addition is the pooled query: a tower whose output is only read at one position per row can ask the last
 layer to compute that position alone (every position still serves as key and value).
+
+Options a family's config may declare (absent: the CLIP layer): `key_bias=False` (no bias on `k_proj`, EVA),
+`scale_attn_inner` (a LayerNorm on the heads' output before `out_proj`, EVA02), `swiglu_mlp`/`scale_mlp` (the SwiGLU
+feed-forward, with a LayerNorm inside, EVA02), `use_post_norm` (normalise each branch's output instead of its input,
+EVA02-E), `layer_scale_init_value` (LayerScale). Rotary position embeddings are passed to the layers as a
+`(cos, sin)` pair.
 """
 
 from collections.abc import Callable
@@ -22,24 +29,41 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.clip.modeling_clip import eager_attention_forward
 
 
+def apply_rotary(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding in the interleaved layout (EVA/timm): channels `2i` and `2i + 1` rotate as a pair.
+
+    `states` is `(batch, heads, length, head_dim)`; `cos`/`sin` are `(length, head_dim)` or `(batch, length,
+    head_dim)`, each angle repeated for its pair. A position with `cos = 1`, `sin = 0` is left exactly as it is.
+    """
+    rotated = torch.stack([-states[..., 1::2], states[..., ::2]], dim=-1).reshape(states.shape)
+    cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)  # broadcast over heads
+    return (states * cos + rotated * sin).to(states.dtype)
+
+
 class DualClipAttention(nn.Module):
     """Multi-head self-attention with separate q/k/v projections (transformers CLIP layout).
 
-    `query_states`, when given, holds fewer positions than `hidden_states`: only they are queries.
+    `query_states`, when given, holds fewer positions than `hidden_states`: only they are queries. `num_heads`
+    overrides the config's (an attention-pooling head has its own). `rotary` (`(cos, sin)` for the positions of
+    `hidden_states`) rotates keys and queries; `query_rotary` gives the queries' own when `query_states` is a subset.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, num_heads: int | None = None):
         super().__init__()
         self.config = config
         self.embed_dim = config.hidden_size
-        self.num_heads = config.num_attention_heads
+        self.num_heads = num_heads or config.num_attention_heads
         self.head_dim = self.embed_dim // self.num_heads
         self.scale = self.head_dim**-0.5
         self.dropout = config.attention_dropout
         self.is_causal = False
-        self.k_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.k_proj = nn.Linear(self.embed_dim, self.embed_dim, bias=getattr(config, "key_bias", True))
         self.v_proj = nn.Linear(self.embed_dim, self.embed_dim)
         self.q_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        if getattr(config, "scale_attn_inner", False):
+            self.inner_norm = nn.LayerNorm(self.embed_dim, eps=config.layer_norm_eps)
+        else:
+            self.inner_norm = nn.Identity()
         self.out_proj = nn.Linear(self.embed_dim, self.embed_dim)
 
     def init_dualclip_weights(self, factor: float) -> None:
@@ -49,12 +73,15 @@ class DualClipAttention(nn.Module):
             init.normal_(projection.weight, std=in_std)
         init.normal_(self.out_proj.weight, std=self.embed_dim**-0.5 * factor)
 
-    def forward(self, hidden_states, attention_mask=None, query_states=None, **kwargs):
+    def forward(self, hidden_states, attention_mask=None, query_states=None, rotary=None, query_rotary=None, **kwargs):
         query_states = hidden_states if query_states is None else query_states
         query_shape = query_states.shape[:-1]
         queries = self.q_proj(query_states).view(*query_shape, -1, self.head_dim).transpose(1, 2)
         keys = self.k_proj(hidden_states).view(*hidden_states.shape[:-1], -1, self.head_dim).transpose(1, 2)
         values = self.v_proj(hidden_states).view(*hidden_states.shape[:-1], -1, self.head_dim).transpose(1, 2)
+        if rotary is not None:
+            queries = apply_rotary(queries, *(rotary if query_rotary is None else query_rotary))
+            keys = apply_rotary(keys, *rotary)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -70,18 +97,19 @@ class DualClipAttention(nn.Module):
             **kwargs,
         )
         attn_output = attn_output.reshape(*query_shape, -1).contiguous()
-        return self.out_proj(attn_output), attn_weights
+        return self.out_proj(self.inner_norm(attn_output)), attn_weights
 
 
 class DualClipMLP(nn.Module):
-    """Two-layer feed-forward block (`fc1`, activation, `fc2`)."""
+    """Two-layer feed-forward block (`fc1`, activation, `fc2`); `intermediate_size` overrides the config's."""
 
-    def __init__(self, config):
+    def __init__(self, config, intermediate_size: int | None = None):
         super().__init__()
         self.config = config
+        intermediate_size = intermediate_size or config.intermediate_size
         self.activation_fn = ACT2FN[config.hidden_act]
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.fc1 = nn.Linear(config.hidden_size, intermediate_size)
+        self.fc2 = nn.Linear(intermediate_size, config.hidden_size)
 
     def init_dualclip_weights(self, factor: float) -> None:
         hidden = self.config.hidden_size
@@ -90,6 +118,32 @@ class DualClipMLP(nn.Module):
 
     def forward(self, hidden_states):
         return self.fc2(self.activation_fn(self.fc1(hidden_states)))
+
+
+class DualClipSwiGLU(nn.Module):
+    """SwiGLU feed-forward block (EVA02): `fc2(norm(silu(fc1_g(x)) * fc1_x(x)))`; the LayerNorm is there when the
+    config says `scale_mlp` (timm's names and layout)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.fc1_g = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc1_x = nn.Linear(config.hidden_size, config.intermediate_size)
+        if config.scale_mlp:
+            self.norm = nn.LayerNorm(config.intermediate_size, eps=config.layer_norm_eps)
+        else:
+            self.norm = nn.Identity()
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def init_dualclip_weights(self, factor: float) -> None:
+        hidden = self.config.hidden_size
+        for projection in (self.fc1_g, self.fc1_x):
+            init.normal_(projection.weight, std=(2 * hidden) ** -0.5 * factor)
+        init.normal_(self.fc2.weight, std=hidden**-0.5 * (2 * self.config.num_hidden_layers) ** -0.5 * factor)
+
+    def forward(self, hidden_states):
+        gated = nn.functional.silu(self.fc1_g(hidden_states)) * self.fc1_x(hidden_states)
+        return self.fc2(self.norm(gated))
 
 
 class DualClipLayerScale(nn.Module):
@@ -108,14 +162,16 @@ class DualClipLayerScale(nn.Module):
 
 
 class DualClipEncoderLayer(GradientCheckpointingLayer):
-    """Pre-norm transformer layer: `x + attn(ln1(x))`, then `x + mlp(ln2(x))`, with optional LayerScale."""
+    """Pre-norm transformer layer: `x + attn(ln1(x))`, then `x + mlp(ln2(x))`, with optional LayerScale; or, when
+    the config says `use_post_norm` (EVA02-E), post-norm: `x + ln1(attn(x))`, then `x + ln2(mlp(x))`."""
 
     def __init__(self, config):
         super().__init__()
         self.embed_dim = config.hidden_size
+        self.post_norm = getattr(config, "use_post_norm", False)
         self.self_attn = DualClipAttention(config)
         self.layer_norm1 = nn.LayerNorm(self.embed_dim, eps=config.layer_norm_eps)
-        self.mlp = DualClipMLP(config)
+        self.mlp = DualClipSwiGLU(config) if getattr(config, "swiglu_mlp", False) else DualClipMLP(config)
         self.layer_norm2 = nn.LayerNorm(self.embed_dim, eps=config.layer_norm_eps)
         layer_scale = getattr(config, "layer_scale_init_value", None)
         if layer_scale is not None:
@@ -124,16 +180,25 @@ class DualClipEncoderLayer(GradientCheckpointingLayer):
         else:
             self.layer_scale1 = self.layer_scale2 = nn.Identity()
 
-    def forward(self, hidden_states, attention_mask=None, query_positions=None, **kwargs):
+    def forward(self, hidden_states, attention_mask=None, query_positions=None, rotary=None, **kwargs):
         """`query_positions` (one index per row) computes only that position's output, shape (batch, 1, hidden);
-        `attention_mask` must then be the one for those queries."""
-        normed = self.layer_norm1(hidden_states)
-        query_states = None
+        `attention_mask` must then be the one for those queries. `rotary`: `(cos, sin)`, `(length, head_dim)` each,
+        for rotary position embeddings."""
+        attention_input = hidden_states if self.post_norm else self.layer_norm1(hidden_states)
+        query_states = query_rotary = None
         if query_positions is not None:
             rows = torch.arange(hidden_states.shape[0], device=hidden_states.device)
             hidden_states = hidden_states[rows, query_positions].unsqueeze(1)
-            query_states = normed[rows, query_positions].unsqueeze(1)
-        attended, _ = self.self_attn(normed, attention_mask, query_states=query_states, **kwargs)
+            query_states = attention_input[rows, query_positions].unsqueeze(1)
+            if rotary is not None:
+                query_rotary = tuple(table[query_positions].unsqueeze(1) for table in rotary)
+        attended, _ = self.self_attn(
+            attention_input, attention_mask, query_states=query_states, rotary=rotary, query_rotary=query_rotary,
+            **kwargs,
+        )
+        if self.post_norm:
+            hidden_states = hidden_states + self.layer_norm1(attended)
+            return hidden_states + self.layer_norm2(self.mlp(hidden_states))
         hidden_states = hidden_states + self.layer_scale1(attended)
         return hidden_states + self.layer_scale2(self.mlp(self.layer_norm2(hidden_states)))
 

@@ -16,6 +16,7 @@ need from it:
   `projection_dim` gives that width, which `DualClipConfig.projection_dim` must equal.
 """
 
+from .modeling_dualclip_eva import DualClipEvaVisionConfig, DualClipEvaVisionTransformer
 from .modeling_dualclip_resnet import DualClipResNet, DualClipResNetConfig
 from .modeling_dualclip_siglip import (
     DualClipSiglipTextConfig,
@@ -36,6 +37,7 @@ TOWERS = {
         DualClipVisionConfig.model_type: (DualClipVisionConfig, DualClipVisionTransformer),
         DualClipResNetConfig.model_type: (DualClipResNetConfig, DualClipResNet),
         DualClipSiglipVisionConfig.model_type: (DualClipSiglipVisionConfig, DualClipSiglipVisionTransformer),
+        DualClipEvaVisionConfig.model_type: (DualClipEvaVisionConfig, DualClipEvaVisionTransformer),
     },
 }
 
