@@ -359,3 +359,47 @@ def test_folder_loads_with_trust_remote_code_without_dualclip(tmp_path):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert not report["module"].startswith("dualclip")
     assert torch.equal(torch.tensor(report["features"]), model.encode_image(pixels(32)))
+
+
+@pytest.mark.parametrize("openclip_name", ["EVA02-B-16", "PE-Core-B-16", "EVA01-g-14"])
+@torch.no_grad()
+def test_dualclip_convert_gives_open_clips_features_and_logits(openclip_name, tmp_path):
+    """The whole model through `dualclip convert` (an OpenCLIP hub folder: timm's Eva image tower beside OpenCLIP's
+    causal text tower): text features, image features and logits as open_clip's, with the processor's mask."""
+    import json
+
+    from safetensors.torch import save_file
+    from transformers import AutoModel
+
+    from dualclip.conversion import convert_checkpoint
+
+    cfg, test_name, arch, _ = reduced(openclip_name)
+    reference = openclip_model(f"dualclip-convert-{openclip_name}", cfg)
+    with torch.no_grad():
+        reference.logit_scale.fill_(4.9)
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, folder / "open_clip_model.safetensors")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(EVA_ARCHITECTURES, test_name, arch)
+        result = convert_checkpoint(folder, tmp_path / "out", verify=True)
+    assert result.verification.passed, result.verification.summary()
+    model = AutoModel.from_pretrained(tmp_path / "out").eval()
+    assert model.config.text_config.mask_padding is False
+
+    context = cfg["text_cfg"]["context_length"]
+    ids = torch.zeros(2, context, dtype=torch.long)
+    ids[0, :5] = torch.tensor([49406, 320, 1125, 539, 49407])
+    ids[1, :context] = torch.randint(1, 49406, (context,), generator=torch.Generator().manual_seed(1))
+    ids[1, 0], ids[1, -1] = 49406, 49407
+    mask = (ids != 0).long()
+    images = pixels(model.config.vision_config.image_size)
+    want_text, want_image = reference.encode_text(ids), reference.encode_image(images)
+    want_logits = reference.logit_scale.exp() * torch.nn.functional.normalize(want_image, dim=-1) @ (
+        torch.nn.functional.normalize(want_text, dim=-1).t())
+    out = model(input_ids=ids, attention_mask=mask, pixel_values=images)
+    assert relative_error(model.encode_text(ids, attention_mask=mask), want_text) < TOLERANCE
+    assert relative_error(model.encode_image(images), want_image) < TOLERANCE
+    assert relative_error(out.logits_per_image, want_logits) < TOLERANCE
+    assert "EVA/PE" in result.architecture

@@ -57,9 +57,9 @@ class ShapeFacts:
     embed_dim: int
     text_projection_bias: bool
     text_layer_scale: bool
-    backbone: str
-    image_size: int
-    num_channels: int
+    backbone: str = "none"  # "vit", "resnet", or "none": the image tower is not in OpenAI's layout (timm's)
+    image_size: int = 0
+    num_channels: int = 3
     vision_width: int = 0  # ViT: transformer width; ResNet: stem width (`resnet_width`)
     vision_layers: int = 0
     vision_intermediate: int = 0
@@ -85,8 +85,9 @@ def text_prefix_of(keys) -> str:
     return "text." if any(k.startswith("text.") for k in keys) else ""
 
 
-def shape_facts(tensors) -> ShapeFacts:
-    """Reads the architecture from the shapes of an OpenAI-layout state dict (as OpenAI's `build_model` does)."""
+def shape_facts(tensors, vision: bool = True) -> ShapeFacts:
+    """Reads the architecture from the shapes of an OpenAI-layout state dict (as OpenAI's `build_model` does);
+    with `vision=False`, the text tower's alone (`backbone="none"`)."""
     keys = tensors.keys()
     shape = tensors.shape
     t = text_prefix_of(keys)
@@ -107,7 +108,9 @@ def shape_facts(tensors) -> ShapeFacts:
             text_layer_scale=f"{t}transformer.resblocks.0.ls_1.gamma" in tensors,
             logit_bias="logit_bias" in tensors,
         )
-        if "visual.proj" in tensors:
+        if not vision:
+            facts.update(backbone="none")
+        elif "visual.proj" in tensors:
             patch_shape = shape("visual.conv1.weight")
             positions = shape("visual.positional_embedding")[0]
             grid = math.isqrt(positions - 1)
@@ -146,6 +149,42 @@ def shape_facts(tensors) -> ShapeFacts:
     return ShapeFacts(**facts)
 
 
+def text_config_dict(
+    facts: ShapeFacts,
+    *,
+    text_heads: int,
+    hidden_act: str,
+    layer_norm_eps: float = 1e-5,
+    pooling: str = "argmax",
+    eos_token_id: int | None = None,
+    bos_token_id: int | None = None,
+    pad_token_id: int | None = 0,
+    causal_mask: bool = True,
+    layer_scale_init_value: float | None = None,
+) -> dict:
+    """`DualClipTextConfig` arguments for the text tower of `facts` and the choices shapes cannot tell."""
+    return dict(
+        vocab_size=facts.vocab_size,
+        hidden_size=facts.text_width,
+        intermediate_size=facts.text_intermediate,
+        projection_dim=facts.embed_dim,
+        num_hidden_layers=facts.text_layers,
+        num_attention_heads=text_heads,
+        max_position_embeddings=facts.context_length,
+        hidden_act=hidden_act,
+        layer_norm_eps=layer_norm_eps,
+        pad_token_id=pad_token_id,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        pooling=pooling,
+        causal_mask=causal_mask,
+        # OpenAI and OpenCLIP trained their text towers attending to the padding (they never pass a mask).
+        mask_padding=False,
+        projection_bias=facts.text_projection_bias,
+        layer_scale_init_value=layer_scale_init_value if facts.text_layer_scale else None,
+    )
+
+
 def build_config(
     facts: ShapeFacts,
     *,
@@ -170,25 +209,10 @@ def build_config(
 
     `hidden_act` applies to both towers unless `vision_hidden_act` is given (ResNet towers use ReLU regardless).
     """
-    text = dict(
-        vocab_size=facts.vocab_size,
-        hidden_size=facts.text_width,
-        intermediate_size=facts.text_intermediate,
-        projection_dim=facts.embed_dim,
-        num_hidden_layers=facts.text_layers,
-        num_attention_heads=text_heads,
-        max_position_embeddings=facts.context_length,
-        hidden_act=hidden_act,
-        layer_norm_eps=text_layer_norm_eps,
-        pad_token_id=pad_token_id,
-        bos_token_id=bos_token_id,
-        eos_token_id=eos_token_id,
-        pooling=pooling,
-        causal_mask=causal_mask,
-        # OpenAI and OpenCLIP trained their text towers attending to the padding (they never pass a mask).
-        mask_padding=False,
-        projection_bias=facts.text_projection_bias,
-        layer_scale_init_value=text_layer_scale_init_value if facts.text_layer_scale else None,
+    text = text_config_dict(
+        facts, text_heads=text_heads, hidden_act=hidden_act, layer_norm_eps=text_layer_norm_eps, pooling=pooling,
+        eos_token_id=eos_token_id, bos_token_id=bos_token_id, pad_token_id=pad_token_id, causal_mask=causal_mask,
+        layer_scale_init_value=text_layer_scale_init_value,
     )
     vision = dict(
         hidden_size=facts.vision_hidden_size,
@@ -295,7 +319,7 @@ def plan_conversion(keys, facts: ShapeFacts) -> dict[str, list[tuple[str, Transf
         targets = None
         if key == "logit_scale" or key == "logit_bias":
             targets = [(key, "scalar")]
-        elif key.startswith("visual."):
+        elif key.startswith("visual.") and facts.backbone != "none":
             rest = key[len("visual."):]
             targets = _vit_targets(rest) if facts.backbone == "vit" else _resnet_targets(rest)
         elif key.startswith(facts.text_prefix):

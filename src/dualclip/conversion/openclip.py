@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..configuration_dualclip import DualClipConfig
 from ..configuration_dualclip_base import OPENAI_VOCAB_SIZE
-from .clip_layout import ShapeFacts, build_config, shape_facts
+from .clip_layout import ShapeFacts, build_config, shape_facts, text_config_dict
 from .errors import ConversionError
 from .openai import OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD, openai_text_tokens
 
@@ -141,12 +141,11 @@ def expect(name: str, configured, found) -> None:
 def openclip_config(model_cfg: dict, tensors) -> tuple[DualClipConfig, ShapeFacts]:
     """The dualclip config of an OpenCLIP model, from its model config checked against the checkpoint's shapes."""
     check_openclip_options(model_cfg, text_handled=CARRIED_TOKENIZER_OPTIONS)
-    vision, text = model_cfg["vision_cfg"], model_cfg["text_cfg"]
+    vision = model_cfg["vision_cfg"]
     facts = shape_facts(tensors)
     quick_gelu = bool(model_cfg.get("quick_gelu", False))
 
     # OpenCLIP's defaults (CLIPVisionCfg / CLIPTextCfg) for what the JSON leaves out.
-    expect("embed_dim", model_cfg["embed_dim"], facts.embed_dim)
     resnet = isinstance(vision.get("layers", 12), (list, tuple))
     expect("vision_cfg.layers (ResNet or ViT)", "resnet" if resnet else "vit", facts.backbone)
     image_size = square(vision.get("image_size", 224), "vision_cfg.image_size")
@@ -166,6 +165,39 @@ def openclip_config(model_cfg: dict, tensors) -> tuple[DualClipConfig, ShapeFact
         expect("vision_cfg.ls_init_value", vision.get("ls_init_value") is not None, facts.vision_layer_scale)
         vision_heads = facts.vision_width // head_width
 
+    text_settings = _text_settings(model_cfg, facts)
+    logit_bias = model_cfg.get("init_logit_bias")
+    config = build_config(
+        facts,
+        vision_pooling=_vision_pooling(vision, resnet),
+        text_heads=text_settings.pop("text_heads"),
+        text_layer_norm_eps=text_settings.pop("layer_norm_eps"),
+        text_layer_scale_init_value=text_settings.pop("layer_scale_init_value"),
+        vision_heads=vision_heads,
+        vision_hidden_act=activation(vision, quick_gelu, "vision_cfg."),
+        vision_layer_norm_eps=layer_norm_eps(vision, "vision_cfg."),
+        vision_layer_scale_init_value=vision.get("ls_init_value"),
+        logit_bias_init_value=None if logit_bias is None else float(logit_bias),
+        # SigLIP-style models are the ones initialised with a logit bias.
+        loss_type="infonce" if logit_bias is None else "sigmoid",
+        **text_settings,
+    )
+    return config, facts
+
+
+def openclip_text_tower(model_cfg: dict, tensors) -> tuple[dict, ShapeFacts]:
+    """`(DualClipTextConfig arguments, facts)` for the OpenCLIP text tower of a model whose image tower is not in
+    OpenAI's layout (timm's), checked against the shapes of its text tensors."""
+    facts = shape_facts(tensors, vision=False)
+    return text_config_dict(facts, **_text_settings(model_cfg, facts)), facts
+
+
+def _text_settings(model_cfg: dict, facts: ShapeFacts) -> dict:
+    """`text_config_dict` arguments from OpenCLIP's `text_cfg` (its defaults: `CLIPTextCfg`), checked against the
+    shapes."""
+    text = model_cfg["text_cfg"]
+    quick_gelu = bool(model_cfg.get("quick_gelu", False))
+    expect("embed_dim", model_cfg["embed_dim"], facts.embed_dim)
     expect("text_cfg.width", text.get("width", 512), facts.text_width)
     expect("text_cfg.layers", text.get("layers", 12), facts.text_layers)
     expect("text_cfg.vocab_size", text.get("vocab_size", OPENAI_VOCAB_SIZE), facts.vocab_size)
@@ -192,26 +224,15 @@ def openclip_config(model_cfg: dict, tensors) -> tuple[DualClipConfig, ShapeFact
     else:
         raise ConversionError(f"unsupported OpenCLIP option text_cfg.pool_type={pool_type!r} (eos, argmax, last are)")
 
-    logit_bias = model_cfg.get("init_logit_bias")
-    config = build_config(
-        facts,
-        vision_pooling=_vision_pooling(vision, resnet),
+    return dict(
         text_heads=text.get("heads", 8),
-        vision_heads=vision_heads,
         hidden_act=activation(text, quick_gelu, "text_cfg."),
-        vision_hidden_act=activation(vision, quick_gelu, "vision_cfg."),
-        text_layer_norm_eps=layer_norm_eps(text, "text_cfg."),
-        vision_layer_norm_eps=layer_norm_eps(vision, "vision_cfg."),
+        layer_norm_eps=layer_norm_eps(text, "text_cfg."),
         pad_token_id=0,
         causal_mask=not text.get("no_causal_mask", False),
-        text_layer_scale_init_value=text.get("ls_init_value"),
-        vision_layer_scale_init_value=vision.get("ls_init_value"),
-        logit_bias_init_value=None if logit_bias is None else float(logit_bias),
-        # SigLIP-style models are the ones initialised with a logit bias.
-        loss_type="infonce" if logit_bias is None else "sigmoid",
+        layer_scale_init_value=text.get("ls_init_value"),
         **tokens,
     )
-    return config, facts
 
 
 def _vision_pooling(vision: dict, resnet: bool) -> str:

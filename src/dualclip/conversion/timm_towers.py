@@ -7,7 +7,11 @@ OpenCLIP's model config against the tensor shapes, and renames the tensors into 
 import torch
 
 from ..configuration_dualclip import DualClipConfig
+from .building import convert_tensors
+from .clip_layout import plan_conversion
 from .errors import ConversionError
+from .eva import EVA_ARCHITECTURES, eva_vision_tower
+from .openclip import CARRIED_TOKENIZER_OPTIONS, TIMM_VISION_OPTIONS, check_openclip_options, openclip_text_tower
 from .siglip import SIGLIP_VISION_ARCHITECTURES, openclip_siglip_to_siglip_state_dict, siglip_config
 
 
@@ -28,7 +32,56 @@ def convert_timm_tower_model(model_cfg: dict, source) -> tuple[DualClipConfig, d
             raise ConversionError(f"not an OpenCLIP SigLIP state dict: no tensor {missing}") from None
         state = {key: source.pop(key) for key in source.keys()}
         return config, openclip_siglip_to_siglip_state_dict(state), "SigLIP"
+    if name in EVA_ARCHITECTURES:
+        try:
+            return (*_eva_model(model_cfg, source), "EVA/PE")
+        except KeyError as missing:
+            raise ConversionError(f"not an OpenCLIP EVA/PE state dict: no tensor {missing}") from None
     raise ConversionError(
-        f"unsupported OpenCLIP option vision_cfg.timm_model_name={name!r}: dualclip converts timm's SigLIP towers "
-        f"({', '.join(sorted(SIGLIP_VISION_ARCHITECTURES))})"
+        f"unsupported OpenCLIP option vision_cfg.timm_model_name={name!r}: dualclip converts timm's SigLIP, EVA and "
+        "PE towers (vit_*_siglip_*, eva*, vit_pe_core_*; see dualclip.conversion.siglip.SIGLIP_VISION_ARCHITECTURES "
+        "and dualclip.conversion.eva.EVA_ARCHITECTURES)"
     )
+
+
+def _eva_model(model_cfg: dict, source) -> tuple[DualClipConfig, dict[str, torch.Tensor]]:
+    """EVA01/EVA02/PE-Core: timm's `Eva` image tower (the EVA family) beside OpenCLIP's own text tower (CLIP's)."""
+    check_openclip_options(model_cfg, TIMM_VISION_OPTIONS, CARRIED_TOKENIZER_OPTIONS)
+    text_keys = [key for key in source.keys() if not key.startswith("visual.") and key not in _HEAD_KEYS]
+    text_config, facts = openclip_text_tower(model_cfg, _Subset(source, text_keys))
+    vision_config, tensors = eva_vision_tower(
+        model_cfg["vision_cfg"], model_cfg["embed_dim"],
+        {key: source.pop(key) for key in source.keys() if key.startswith("visual.")},
+    )
+    tensors.update(convert_tensors(source, plan_conversion(source.keys(), facts), torch.float32))
+    logit_bias = model_cfg.get("init_logit_bias")
+    try:
+        config = DualClipConfig(
+            text_config=text_config, vision_config=vision_config, projection_dim=model_cfg["embed_dim"],
+            logit_bias_init_value=None if logit_bias is None else float(logit_bias),
+            loss_type="infonce" if logit_bias is None else "sigmoid",
+        )
+    except ValueError as error:
+        raise ConversionError(f"the checkpoint's architecture is not a valid dualclip model: {error}") from None
+    return config, tensors
+
+
+_HEAD_KEYS = ("logit_scale", "logit_bias")
+
+
+class _Subset:
+    """The shape view of some of a source's tensors (what `shape_facts` reads)."""
+
+    def __init__(self, source, keys):
+        self._source, self._keys = source, keys
+
+    def keys(self):
+        return list(self._keys)
+
+    def __contains__(self, name):
+        return name in self._keys
+
+    def shape(self, name):
+        if name not in self._keys:
+            raise KeyError(name)
+        return self._source.shape(name)
