@@ -226,3 +226,38 @@ def test_export_of_a_mixed_model_names_the_tower(tmp_path):
     with pytest.raises(ConversionError, match="dualclip_siglip_text_model text tower"):
         convert_checkpoint(tmp_path / "mixed", tmp_path / "stock", to="hf")
     assert not (tmp_path / "stock").exists()
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_full_size_vit_b16_siglip_converts_to_open_clips_numbers(tmp_path):
+    """OpenCLIP's released ViT-B-16-SigLIP architecture at full size (timm's vit_base_patch16_siglip_224, the table
+    entry itself), random weights: converted text features, image features and logits equal open_clip's."""
+    from conversion_refs import randomize_
+    from openclip_timm_refs import released_model_config
+
+    import open_clip
+
+    torch.manual_seed(0)
+    reference = randomize_(open_clip.create_model("ViT-B-16-SigLIP").eval(), seed=5, matrices=False)
+    reference.logit_scale.fill_(4.8)
+    reference.logit_bias.fill_(-12.0)
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": released_model_config("ViT-B-16-SigLIP"),
+                                                              "preprocess_cfg": PREPROCESS_CFG | {"size": 224}}))
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, folder / "open_clip_model.safetensors")
+    convert_checkpoint(folder, tmp_path / "out")
+    model = AutoModel.from_pretrained(tmp_path / "out").eval()
+
+    ids = torch.zeros(2, 64, dtype=torch.long)
+    ids[0, :4], ids[1, :] = torch.tensor([262, 266, 1, 0]), torch.randint(2, 32000, (64,))
+    images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    want_text, want_image = reference.encode_text(ids), reference.encode_image(images)
+    assert_close(model.encode_text(ids), want_text, "text features")
+    assert_close(model.encode_image(images), want_image, "image features")
+    want_logits = reference.logit_scale.exp() * torch.nn.functional.normalize(want_image, dim=-1) @ (
+        torch.nn.functional.normalize(want_text, dim=-1).t()) + reference.logit_bias
+    # Logits are exp(4.8) = 121 times a cosine: compared relative to their scale.
+    assert_close(model(input_ids=ids, pixel_values=images).logits_per_image, want_logits, "logits",
+                 tolerance=TOLERANCE * float(want_logits.abs().max()))
