@@ -261,3 +261,19 @@ def test_full_size_vit_b16_siglip_converts_to_open_clips_numbers(tmp_path):
     # Logits are exp(4.8) = 121 times a cosine: compared relative to their scale.
     assert_close(model(input_ids=ids, pixel_values=images).logits_per_image, want_logits, "logits",
                  tolerance=TOLERANCE * float(want_logits.abs().max()))
+
+
+def test_classify_and_generic_padding_use_the_carried_tokenizer_at_full_length(converted, hub_folder):
+    """`padding=True` (what generic code asks for) still pads SigLIP captions to the context length, and the
+    zero-shot loader behind `dualclip classify` takes the carried tokenizer, not OpenAI's BPE."""
+    from open_clip.tokenizer import HFTokenizer
+
+    from dualclip.zero_shot import load_processor
+
+    out, _ = converted
+    folder, _ = hub_folder
+    processor = load_processor(out)
+    assert "dualclip" not in type(processor.tokenizer).__module__  # the carried one, not OpenAI's BPE
+    want = HFTokenizer(str(folder), context_length=CONTEXT, clean="canonicalize")(CAPTIONS[:2])
+    got = processor(text=CAPTIONS[:2], padding=True, truncation=True, return_tensors="pt")["input_ids"]
+    assert torch.equal(got, want)

@@ -24,8 +24,9 @@ class DualClipProcessor(ProcessorMixin):
     A model converted from a family whose original tokenizer wraps a Hugging Face tokenizer (OpenCLIP's
     `HFTokenizer`: SigLIP, CLIPA, ...) stores that wrapper's text defaults here, so that the processor feeds the
     model what the original fed it: captions cleaned first (`text_cleaning`), padded to the tokenizer's
-    `model_max_length` and truncated unless the call says otherwise (`pad_to_max_length`), the separator token
-    replaced by id 0 (`strip_sep_token`). A tokenizer called directly does none of this.
+    `model_max_length` and truncated (`pad_to_max_length`: `padding=True` or `"longest"` also pad to that length,
+    since these models read a position that exists only at full length; `padding=False` is kept), the separator
+    token replaced by id 0 (`strip_sep_token`). A tokenizer called directly does none of this.
 
     Args:
         image_processor ([`DualClipImageProcessor`]): prepares `pixel_values`.
@@ -61,8 +62,10 @@ class DualClipProcessor(ProcessorMixin):
             text = clean_caption(text, self.text_cleaning) if isinstance(text, str) else [
                 clean_caption(caption, self.text_cleaning) for caption in text
             ]
-        if text is not None and self.pad_to_max_length:
-            kwargs.setdefault("padding", "max_length")
+        if text is not None and self.pad_to_max_length and kwargs.get("padding", True) in (True, "longest"):
+            # The model reads a position that exists only at full length (SigLIP, CLIPA pool the last one): padding
+            # to the batch's longest caption, what generic callers ask for, would move it.
+            kwargs["padding"] = "max_length"
             kwargs.setdefault("truncation", True)
             kwargs.setdefault("max_length", self.tokenizer.model_max_length)
         outputs = super().__call__(images=images, text=text, videos=videos, audio=audio, **kwargs)

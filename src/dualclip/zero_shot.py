@@ -30,9 +30,10 @@ def _check_folder(folder) -> str:
 def load_processor(folder):
     """The `DualClipProcessor` saved in `folder`: its image processor settings and its tokenizer.
 
-    Reads `processor_config.json` or `preprocessor_config.json` (a transformers CLIP folder) and the tokenizer
-    files (`tokenizer.json`, or `vocab.json` + `merges.txt`), building `DualClipImageProcessor` and
-    `DualClipTokenizer` by name, so it works whether or not the Auto classes know them.
+    A folder with a saved `DualClipProcessor` (`processor_config.json`) gives that processor, with whatever tokenizer
+    it saved. Otherwise (a transformers CLIP folder) reads `preprocessor_config.json` and the tokenizer files
+    (`tokenizer.json`, or `vocab.json` + `merges.txt`) into `DualClipImageProcessor` and `DualClipTokenizer`:
+    OpenAI's exact tokenizer rather than `CLIPTokenizer`.
     """
     from .image_processing_dualclip import DualClipImageProcessor
     from .processing_dualclip import DualClipProcessor
@@ -41,6 +42,10 @@ def load_processor(folder):
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"model folder not found: {folder}")
+    if os.path.isfile(os.path.join(folder, "processor_config.json")):
+        # A saved DualClipProcessor: its tokenizer (any class, e.g. one carried from an OpenCLIP SigLIP folder) and
+        # its text defaults.
+        return DualClipProcessor.from_pretrained(folder)
     return DualClipProcessor(DualClipImageProcessor.from_pretrained(folder), DualClipTokenizer.from_pretrained(folder))
 
 
