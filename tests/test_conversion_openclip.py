@@ -303,3 +303,23 @@ def test_clipa_hub_folder_carries_its_tokenizer_and_text_defaults(tmp_path):
     model = AutoModel.from_pretrained(tmp_path / "out").eval()
     assert_close(model.encode_text(inputs["input_ids"], attention_mask=inputs["attention_mask"]),
                  reference.encode_text(want_ids), "CLIPA text features")
+
+
+@torch.no_grad()
+def test_metaclip2_worldwide_pools_at_its_real_end_of_text_id_2(tmp_path):
+    """MetaCLIP 2 worldwide: `pool_type="eos"` with `eos_id=2` (XLM-V's `</s>`). transformers reads id 2 as its
+    legacy argmax rule; the converted tower pools the first id 2 as OpenCLIP does (`pooling="first_eos"`)."""
+    cfg = dict(embed_dim=32, vision_cfg=dict(VIT), text_cfg=dict(TEXT, pool_type="eos", eos_id=2))
+    reference = openclip_model(tmp_path, "metaclip2", cfg)
+    convert_checkpoint(save_hub_folder(reference, cfg, tmp_path / "hub"), tmp_path / "out")
+    converted = DualClipModel.from_pretrained(tmp_path / "out").eval()
+    text = converted.config.text_config
+    assert (text.pooling, text.eos_token_id) == ("first_eos", 2)
+    ids = torch.randint(3, 49406, (3, 77), generator=torch.Generator().manual_seed(0))
+    ids[0, 5], ids[1, 40], ids[1, 60], ids[2, 76] = 2, 2, 2, 2  # the first 2 of each row is pooled
+    ids[0, 6:] = 1  # XLM-V pads with 1, after </s>
+    want = reference.encode_text(ids)
+    assert_close(converted.encode_text(ids), want, "encode_text")
+    assert_close(converted.get_text_features(input_ids=ids).pooler_output, want, "get_text_features")
+    with pytest.raises(ConversionError, match="end-of-text id 2"):
+        convert_checkpoint(tmp_path / "out", tmp_path / "stock", to="hf")

@@ -52,6 +52,8 @@ class DualClipTextConfig(TowerConfig, PreTrainedConfig):
             Which position the pooled output comes from. `"eos"`: the first position holding `eos_token_id` (robust
             to added tokens with ids above EOS; as transformers CLIP, a row without EOS pools position 0).
             `"last"`: the last position. `"argmax"`: the position of the largest id (OpenAI's original rule).
+            `"first_eos"`: the first position holding `eos_token_id`, whatever its value: `"eos"` without the legacy
+            reading of id 2 below, for vocabularies whose real end-of-text id is 2 (MetaCLIP 2's `</s>`).
         causal_mask (`bool`, defaults to `True`):
             Whether attention is causal. OpenCLIP's `no_causal_mask` models set it to `False`.
         mask_padding (`bool`, defaults to `True`):
@@ -89,14 +91,15 @@ class DualClipTextConfig(TowerConfig, PreTrainedConfig):
     bos_token_id: int | None = OPENAI_BOS_TOKEN_ID
     eos_token_id: int | list[int] | None = OPENAI_EOS_TOKEN_ID
 
-    pooling: Literal["eos", "last", "argmax"] = "eos"
+    pooling: Literal["eos", "first_eos", "last", "argmax"] = "eos"
     causal_mask: bool = True
     mask_padding: bool = True
     projection_bias: bool = False
     layer_scale_init_value: int | float | None = None
 
     def __post_init__(self, **kwargs):
-        if self.eos_token_id == LEGACY_EOS_TOKEN_ID and self.vocab_size == OPENAI_VOCAB_SIZE:
+        legacy = self.eos_token_id == LEGACY_EOS_TOKEN_ID and self.pooling == "eos"
+        if legacy and self.vocab_size == OPENAI_VOCAB_SIZE:
             self.eos_token_id = OPENAI_EOS_TOKEN_ID
         super().__post_init__(**kwargs)
 

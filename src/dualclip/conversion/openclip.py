@@ -213,12 +213,9 @@ def _text_settings(model_cfg: dict, facts: ShapeFacts) -> dict:
         tokens = openai_text_tokens(facts.vocab_size)
     elif pool_type == "eos":
         eos_id = text.get("eos_id", 2)
-        if eos_id == 2:
-            raise ConversionError(
-                "unsupported OpenCLIP option text_cfg.eos_id=2 with pool_type='eos': dualclip reads eos_token_id 2 "
-                "as the legacy transformers value"
-            )
-        tokens = {**openai_text_tokens(facts.vocab_size), "pooling": "eos", "eos_token_id": eos_id}
+        # "eos" reads id 2 as transformers' legacy argmax rule; a real end-of-text id 2 (MetaCLIP 2) is "first_eos".
+        tokens = {**openai_text_tokens(facts.vocab_size), "pooling": "first_eos" if eos_id == 2 else "eos",
+                  "eos_token_id": eos_id}
     elif pool_type == "last":
         tokens = {**openai_text_tokens(facts.vocab_size), "pooling": "last"}
     else:

@@ -66,7 +66,7 @@ def verification_inputs(text_config=None, vision_config=None, seed: int = 0):
     if text_config is not None:
         vocab, length = text_config.vocab_size, text_config.max_position_embeddings
         # Towers without a pooling setting (SigLIP) pool the last position.
-        eos = text_config.eos_token_id if getattr(text_config, "pooling", "last") == "eos" else vocab - 1
+        eos = text_config.eos_token_id if getattr(text_config, "pooling", "last") in ("eos", "first_eos") else vocab - 1
         bos = text_config.bos_token_id
         bos = bos if bos is not None and bos < eos else None
         high = max(2, min(eos, bos) if bos is not None else eos)
