@@ -16,6 +16,7 @@ need from it:
   `projection_dim` gives that width, which `DualClipConfig.projection_dim` must equal.
 """
 
+from .modeling_dualclip_convnext import DualClipConvNext, DualClipConvNextVisionConfig
 from .modeling_dualclip_eva import DualClipEvaVisionConfig, DualClipEvaVisionTransformer
 from .modeling_dualclip_resnet import DualClipResNet, DualClipResNetConfig
 from .modeling_dualclip_siglip import (
@@ -38,6 +39,7 @@ TOWERS = {
         DualClipResNetConfig.model_type: (DualClipResNetConfig, DualClipResNet),
         DualClipSiglipVisionConfig.model_type: (DualClipSiglipVisionConfig, DualClipSiglipVisionTransformer),
         DualClipEvaVisionConfig.model_type: (DualClipEvaVisionConfig, DualClipEvaVisionTransformer),
+        DualClipConvNextVisionConfig.model_type: (DualClipConvNextVisionConfig, DualClipConvNext),
     },
 }
 

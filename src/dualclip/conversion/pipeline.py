@@ -145,6 +145,9 @@ def describe_towers(config, class_name: str) -> str:
         if hasattr(vision, "resnet_layers"):
             blocks = "-".join(map(str, vision.resnet_layers))
             parts.append(f"ResNet image tower (width {vision.resnet_width}, blocks {blocks}) at {vision.image_size}px")
+        elif vision.model_type == "dualclip_convnext_vision_model":
+            widths, blocks = "-".join(map(str, vision.hidden_sizes)), "-".join(map(str, vision.depths))
+            parts.append(f"ConvNeXt image tower (widths {widths}, blocks {blocks}) at {vision.image_size}px")
         else:
             parts.append(f"ViT image tower (width {vision.hidden_size}, {layers(vision.num_hidden_layers)}, "
                          f"patch {vision.patch_size}) at {vision.image_size}px")

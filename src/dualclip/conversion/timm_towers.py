@@ -9,6 +9,7 @@ import torch
 from ..configuration_dualclip import DualClipConfig
 from .building import convert_tensors
 from .clip_layout import plan_conversion
+from .convnext import CONVNEXT_ARCHITECTURES, convnext_vision_tower
 from .errors import ConversionError
 from .eva import EVA_ARCHITECTURES, eva_vision_tower
 from .openclip import CARRIED_TOKENIZER_OPTIONS, TIMM_VISION_OPTIONS, check_openclip_options, openclip_text_tower
@@ -34,22 +35,29 @@ def convert_timm_tower_model(model_cfg: dict, source) -> tuple[DualClipConfig, d
         return config, openclip_siglip_to_siglip_state_dict(state), "SigLIP"
     if name in EVA_ARCHITECTURES:
         try:
-            return (*_eva_model(model_cfg, source), "EVA/PE")
+            return (*_openclip_text_timm_image(model_cfg, source, eva_vision_tower), "EVA/PE")
         except KeyError as missing:
             raise ConversionError(f"not an OpenCLIP EVA/PE state dict: no tensor {missing}") from None
+    if name in CONVNEXT_ARCHITECTURES:
+        try:
+            return (*_openclip_text_timm_image(model_cfg, source, convnext_vision_tower), "ConvNeXt")
+        except KeyError as missing:
+            raise ConversionError(f"not an OpenCLIP ConvNeXt state dict: no tensor {missing}") from None
     raise ConversionError(
-        f"unsupported OpenCLIP option vision_cfg.timm_model_name={name!r}: dualclip converts timm's SigLIP, EVA and "
-        "PE towers (vit_*_siglip_*, eva*, vit_pe_core_*; see dualclip.conversion.siglip.SIGLIP_VISION_ARCHITECTURES "
-        "and dualclip.conversion.eva.EVA_ARCHITECTURES)"
+        f"unsupported OpenCLIP option vision_cfg.timm_model_name={name!r}: dualclip converts timm's SigLIP, EVA, "
+        "PE and ConvNeXt towers (vit_*_siglip_*, eva*, vit_pe_core_*, convnext_*; see "
+        "dualclip.conversion.siglip.SIGLIP_VISION_ARCHITECTURES, dualclip.conversion.eva.EVA_ARCHITECTURES and "
+        "dualclip.conversion.convnext.CONVNEXT_ARCHITECTURES)"
     )
 
 
-def _eva_model(model_cfg: dict, source) -> tuple[DualClipConfig, dict[str, torch.Tensor]]:
-    """EVA01/EVA02/PE-Core: timm's `Eva` image tower (the EVA family) beside OpenCLIP's own text tower (CLIP's)."""
+def _openclip_text_timm_image(model_cfg: dict, source, vision_tower) -> tuple[DualClipConfig, dict[str, torch.Tensor]]:
+    """A timm image tower (`vision_tower(vision_cfg, embed_dim, tensors)` -> `(config, tensors)`, a family's
+    conversion: EVA/PE, ConvNeXt) beside OpenCLIP's own text tower (CLIP's)."""
     check_openclip_options(model_cfg, TIMM_VISION_OPTIONS, CARRIED_TOKENIZER_OPTIONS)
     text_keys = [key for key in source.keys() if not key.startswith("visual.") and key not in _HEAD_KEYS]
     text_config, facts = openclip_text_tower(model_cfg, _Subset(source, text_keys))
-    vision_config, tensors = eva_vision_tower(
+    vision_config, tensors = vision_tower(
         model_cfg["vision_cfg"], model_cfg["embed_dim"],
         {key: source.pop(key) for key in source.keys() if key.startswith("visual.")},
     )
