@@ -78,11 +78,11 @@ def test_raw_openclip_checkpoint_without_config(small_state, tmp_path, capsys):
 
 def test_unsupported_option_from_the_command_line(small_state, tmp_path, capsys):
     config = dict(embed_dim=32, vision_cfg=dict(image_size=224, layers=2, width=64, patch_size=32,
-                                                attentional_pool=True),
+                                                attentional_pool="parallel"),
                   text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=1, layers=2))
     code, err = _cli(capsys, small_state / "state.pt", tmp_path / "out", "--openclip-config",
                      write_json(tmp_path / "c.json", config))
-    assert code == 2 and "unsupported OpenCLIP option vision_cfg.attentional_pool=True" in err
+    assert code == 2 and "vision_cfg.attentional_pool" in err
     _nothing_written(tmp_path)
 
 

@@ -323,3 +323,40 @@ def test_metaclip2_worldwide_pools_at_its_real_end_of_text_id_2(tmp_path):
     assert_close(converted.get_text_features(input_ids=ids).pooler_output, want, "get_text_features")
     with pytest.raises(ConversionError, match="end-of-text id 2"):
         convert_checkpoint(tmp_path / "out", tmp_path / "stock", to="hf")
+
+
+COCA = dict(
+    embed_dim=32,
+    custom_text=True,
+    vision_cfg=dict(VIT, attentional_pool=True, attn_pooler_heads=4, output_tokens=True),
+    text_cfg=dict(TEXT, context_length=76, embed_cls=True, output_tokens=True),
+    multimodal_cfg=dict(context_length=76, vocab_size=49408, width=64, heads=2, layers=1, attn_pooler_heads=4),
+)
+
+
+@torch.no_grad()
+def test_coca_contrastive_towers_convert_and_its_decoder_is_named(tmp_path):
+    """CoCa: the image tower's attentional pooler (its first query), the text tower's appended class token with
+    OpenCLIP's key mask; the captioning decoder is left out and the result says so."""
+    reference = openclip_model(tmp_path, "coca", COCA)
+    assert type(reference).__name__ == "CoCa"
+    result = convert_checkpoint(save_hub_folder(reference, COCA, tmp_path / "hub"), tmp_path / "out", verify=True)
+    assert result.verification.passed, result.verification.summary()
+    assert any("captioning decoder" in note for note in result.notes)
+    converted = DualClipModel.from_pretrained(tmp_path / "out").eval()
+    assert converted.config.vision_config.pooling == "attention_pool"
+    assert converted.config.text_config.append_class_token
+
+    ids = token_batch(context_length=76)
+    ids[0, 30] = 0  # a pad in the middle: OpenCLIP masks the key one position after it, for every query
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    # CoCa's encode_* normalise unless told not to.
+    want_text = reference.encode_text(ids, normalize=False)
+    want_image = reference.encode_image(images, normalize=False)
+    assert_close(converted.encode_text(ids), want_text, "encode_text")
+    assert_close(converted.get_text_features(input_ids=ids).pooler_output, want_text, "get_text_features")
+    assert_close(converted.encode_image(images), want_image, "encode_image")
+    logits = converted(input_ids=ids, pixel_values=images).logits_per_image
+    want = reference.logit_scale.exp() * torch.nn.functional.normalize(want_image, dim=-1) @ (
+        torch.nn.functional.normalize(want_text, dim=-1).t())
+    assert_close(logits, want, "logits", tolerance=1e-5 * float(want.abs().max()))

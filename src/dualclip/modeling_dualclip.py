@@ -84,6 +84,12 @@ def joint_projection(tower_config, in_features: int, out_features: int) -> nn.Mo
     return nn.Linear(in_features, out_features, bias=tower_config.projection_bias)
 
 
+def pooled_width(tower_config) -> int:
+    """Width of a tower's `pooler_output`: `hidden_size`, unless its config says otherwise (`pooler_output_size`:
+    CoCa's attentional pooler writes `projection_dim`-wide outputs)."""
+    return getattr(tower_config, "pooler_output_size", tower_config.hidden_size)
+
+
 def _init_projection(projection: nn.Module, std: float) -> None:
     if isinstance(projection, nn.Linear):
         init.normal_(projection.weight, std=std)
@@ -266,11 +272,11 @@ class DualClipVisionModelWithProjection(_VisionSide, DualClipPreTrainedModel):
     def __init__(self, config: DualClipVisionConfig):
         super().__init__(config)
         self.vision_model = build_tower(config)
-        self.visual_projection = joint_projection(config, config.hidden_size, config.projection_dim)
+        self.visual_projection = joint_projection(config, pooled_width(config), config.projection_dim)
         self.post_init()
 
     def init_dualclip_weights(self, factor: float) -> None:
-        _init_projection(self.visual_projection, self.config.hidden_size**-0.5 * factor)
+        _init_projection(self.visual_projection, pooled_width(self.config) ** -0.5 * factor)
 
     @can_return_tuple
     def forward(
@@ -314,7 +320,7 @@ class DualClipModel(_TextSide, _VisionSide, DualClipPreTrainedModel):
         self.vision_embed_dim = vision_config.hidden_size
         self.text_model = build_tower(text_config)
         self.vision_model = build_tower(vision_config)
-        self.visual_projection = joint_projection(vision_config, self.vision_embed_dim, self.projection_dim)
+        self.visual_projection = joint_projection(vision_config, pooled_width(vision_config), self.projection_dim)
         self.text_projection = joint_projection(text_config, self.text_embed_dim, self.projection_dim)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
         if config.logit_bias_init_value is not None:
@@ -328,7 +334,7 @@ class DualClipModel(_TextSide, _VisionSide, DualClipPreTrainedModel):
 
     def init_dualclip_weights(self, factor: float) -> None:
         _init_projection(self.text_projection, self.text_embed_dim**-0.5 * factor)
-        _init_projection(self.visual_projection, self.vision_embed_dim**-0.5 * factor)
+        _init_projection(self.visual_projection, pooled_width(self.config.vision_config) ** -0.5 * factor)
         init.constant_(self.logit_scale, self.config.logit_scale_init_value)
         if self.logit_bias is not None:
             init.constant_(self.logit_bias, self.config.logit_bias_init_value)

@@ -280,10 +280,13 @@ def check_text_inputs(input_ids, attention_mask, config) -> None:
         raise ValueError(f"input_ids must be an integer tensor of shape (batch, sequence), got {shape}")
     if 0 in input_ids.shape:
         raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}): pass at least one token per row")
-    if input_ids.shape[-1] > config.max_position_embeddings:
+    # A tower that appends a class token (CoCa) keeps one position for it.
+    class_token = getattr(config, "append_class_token", False)
+    if input_ids.shape[-1] > config.max_position_embeddings - class_token:
         raise ValueError(
             f"input_ids has {input_ids.shape[-1]} positions but max_position_embeddings is "
-            f"{config.max_position_embeddings}; truncate to that length (split longer prompts: see dualclip.conditioning)"
+            f"{config.max_position_embeddings}{' (one of them for the appended class token)' if class_token else ''}; "
+            "truncate to fit (split longer prompts: see dualclip.conditioning)"
         )
     if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
         raise ValueError(

@@ -65,6 +65,11 @@ class DualClipTextConfig(TowerConfig, PreTrainedConfig):
         layer_scale_init_value (`float`, *optional*):
             Initial value of LayerScale on both residual branches of every layer (OpenCLIP `ls_init_value`).
             `None` means no LayerScale.
+        append_class_token (`bool`, defaults to `False`):
+            CoCa's text tower (OpenCLIP `embed_cls`): a learned embedding (`embeddings.class_embedding`) appended
+            after the tokens, so a sequence holds `max_position_embeddings - 1` tokens; use with `pooling="last"`,
+            which then pools that position. Attention keys are masked as OpenCLIP's CoCa masks them in every
+            released model (`correct_cls_mask=False`): key `j > 0` only when token `j - 1` is not `pad_token_id`.
 
     A legacy `eos_token_id` of 2 (transformers configs before PR #24773, which pooled with argmax) is read as
     OpenAI's real end-of-text id 49407 when the vocabulary is OpenAI's, so added tokens (textual inversion) with
@@ -96,6 +101,7 @@ class DualClipTextConfig(TowerConfig, PreTrainedConfig):
     mask_padding: bool = True
     projection_bias: bool = False
     layer_scale_init_value: int | float | None = None
+    append_class_token: bool = False
 
     def __post_init__(self, **kwargs):
         legacy = self.eos_token_id == LEGACY_EOS_TOKEN_ID and self.pooling == "eos"
@@ -112,6 +118,9 @@ class DualClipTextConfig(TowerConfig, PreTrainedConfig):
             )
         if self.layer_scale_init_value is not None and self.layer_scale_init_value <= 0:
             raise ValueError(f"`layer_scale_init_value` must be None or positive, got {self.layer_scale_init_value}")
+        if self.append_class_token and (self.pooling != "last" or self.pad_token_id is None):
+            raise ValueError("`append_class_token=True` needs `pooling='last'` (the appended position is the pooled "
+                             "one) and a `pad_token_id` (its key mask reads it)")
 
     @property
     def pools_by_argmax(self) -> bool:
@@ -125,17 +134,24 @@ class DualClipTextEmbeddings(nn.Module):
         super().__init__()
         self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
         self.position_embedding = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        if config.append_class_token:
+            self.class_embedding = nn.Parameter(torch.zeros(config.hidden_size))
 
     def init_dualclip_weights(self, factor: float) -> None:
         init.normal_(self.token_embedding.weight, std=factor * 0.02)
         init.normal_(self.position_embedding.weight, std=factor * 0.02)
+        if hasattr(self, "class_embedding"):
+            init.normal_(self.class_embedding, std=factor * 0.01)
 
     def forward(self, input_ids, position_ids=None):
+        embeddings = self.token_embedding(input_ids)
+        if hasattr(self, "class_embedding"):
+            embeddings = torch.cat([embeddings, self.class_embedding.expand(embeddings.shape[0], 1, -1)], dim=1)
         if position_ids is None:
             # Looked up through the module, not sliced from `.weight`: under `device_map` offloading, accelerate
             # brings a weight to the device only when its module is called.
-            position_ids = torch.arange(input_ids.shape[-1], device=input_ids.device)
-        return self.token_embedding(input_ids) + self.position_embedding(position_ids)
+            position_ids = torch.arange(embeddings.shape[1], device=input_ids.device)
+        return embeddings + self.position_embedding(position_ids)
 
 
 class DualClipTextTransformer(DualClipPreTrainedModel):
@@ -162,7 +178,8 @@ class DualClipTextTransformer(DualClipPreTrainedModel):
         """Index of the pooled position in each row (see `DualClipTextConfig.pooling`)."""
         config = self.config
         if config.pooling == "last":
-            return torch.full(input_ids.shape[:1], input_ids.shape[-1] - 1, dtype=torch.long, device=input_ids.device)
+            last = input_ids.shape[-1] - 1 + config.append_class_token
+            return torch.full(input_ids.shape[:1], last, dtype=torch.long, device=input_ids.device)
         if config.pools_by_argmax:
             return input_ids.to(torch.int).argmax(dim=-1)
         return (input_ids == config.eos_token_id).int().argmax(dim=-1)
@@ -205,6 +222,8 @@ class DualClipTextTransformer(DualClipPreTrainedModel):
             attention_mask = None
         pool_at = self.pooled_positions(input_ids)
         hidden_states = self.embeddings(input_ids, position_ids)
+        if config.append_class_token:
+            attention_mask = self._class_token_key_mask(input_ids, attention_mask)
         if config.causal_mask:
             # No cache; passed by position (its name changed between transformers 5.23 and 5.24).
             mask = create_causal_mask(config, hidden_states, attention_mask, None)
@@ -215,7 +234,7 @@ class DualClipTextTransformer(DualClipPreTrainedModel):
         if pooled_only and supports_pooled_query(config):
             key_mask = None if attention_mask is None else attention_mask.bool()
             if config.causal_mask:
-                keys = torch.arange(input_ids.shape[-1], device=input_ids.device)
+                keys = torch.arange(hidden_states.shape[1], device=input_ids.device)
                 causal = keys[None, :] <= pool_at[:, None]
                 key_mask = causal if key_mask is None else key_mask & causal
             pooled_query = PooledQuery(pool_at, key_mask)
@@ -229,6 +248,16 @@ class DualClipTextTransformer(DualClipPreTrainedModel):
             rows = torch.arange(last_hidden_state.shape[0], device=last_hidden_state.device)
             pooled_output = last_hidden_state[rows, pool_at.to(last_hidden_state.device)]
         return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=pooled_output)
+
+    def _class_token_key_mask(self, input_ids, attention_mask=None) -> torch.Tensor:
+        """OpenCLIP CoCa's key mask over tokens + appended class token: key `j > 0` attends only when token `j - 1`
+        is not padding (every released CoCa was trained with this one-position shift), key 0 always; combined with a
+        passed padding mask (extended to the class position) when the config masks padding."""
+        valid = input_ids != self.config.pad_token_id
+        keys = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)
+        if attention_mask is not None:
+            keys = keys & torch.cat([attention_mask.bool(), torch.ones_like(valid[:, :1])], dim=1)
+        return keys.long()
 
 
 

@@ -35,6 +35,8 @@ def _transform(tensor: torch.Tensor, transform, name: str) -> torch.Tensor:
         if tensor.dim() != 2:
             raise ConversionError(f"{name} should be a matrix, has shape {tuple(tensor.shape)}")
         return tensor.t()
+    if transform == "first_row":
+        return tensor[:1]
     if transform == "scalar":
         if tensor.numel() != 1:
             raise ConversionError(f"{name} should hold one number, has shape {tuple(tensor.shape)}")

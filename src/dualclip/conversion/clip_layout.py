@@ -36,11 +36,12 @@ _LAYER_RENAMES = {
     "ls_2.gamma": "layer_scale2.scale",
 }
 _QKV = ("q_proj", "k_proj", "v_proj")
+CAPTIONING_DECODER_PREFIX = "text_decoder."
 _BATCH_NORM_PARTS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 # How a source tensor becomes a dualclip tensor: None (as is), "T" (transpose: OpenAI stores projections as
-# `x @ W`, nn.Linear as `x @ W.T`), "scalar" (OpenCLIP's `nonscalar_logit_scale` stores shape [1]), or
-# ("chunk", i): the i-th third of a fused q/k/v tensor.
+# `x @ W`, nn.Linear as `x @ W.T`), "scalar" (OpenCLIP's `nonscalar_logit_scale` stores shape [1]), "first_row"
+# (CoCa's attention-pool queries: the contrastive one), or ("chunk", i): the i-th third of a fused q/k/v tensor.
 Transform = None | str | tuple
 
 
@@ -68,6 +69,8 @@ class ShapeFacts:
     vision_layer_scale: bool = False
     resnet_layers: list[int] = field(default_factory=list)
     logit_bias: bool = False
+    text_class_token: bool = False  # CoCa's appended text class token (`cls_emb`)
+    vision_attention_pool: bool = False  # CoCa's attentional pooler (`attn_pool`)
 
     @property
     def vision_hidden_size(self) -> int:
@@ -107,6 +110,7 @@ def shape_facts(tensors, vision: bool = True) -> ShapeFacts:
             text_projection_bias=proj_bias,
             text_layer_scale=f"{t}transformer.resblocks.0.ls_1.gamma" in tensors,
             logit_bias="logit_bias" in tensors,
+            text_class_token=f"{t}cls_emb" in tensors,
         )
         if not vision:
             facts.update(backbone="none")
@@ -126,6 +130,7 @@ def shape_facts(tensors, vision: bool = True) -> ShapeFacts:
                 vision_intermediate=shape("visual.transformer.resblocks.0.mlp.c_fc.weight")[0],
                 pre_norm="visual.ln_pre.weight" in tensors,
                 vision_layer_scale="visual.transformer.resblocks.0.ls_1.gamma" in tensors,
+                vision_attention_pool="visual.attn_pool.query" in tensors,
             )
         elif "visual.attnpool.positional_embedding" in tensors:
             positions = shape("visual.attnpool.positional_embedding")[0]
@@ -182,6 +187,7 @@ def text_config_dict(
         mask_padding=False,
         projection_bias=facts.text_projection_bias,
         layer_scale_init_value=layer_scale_init_value if facts.text_layer_scale else None,
+        append_class_token=facts.text_class_token,
     )
 
 
@@ -204,6 +210,7 @@ def build_config(
     logit_bias_init_value: float | None = None,
     loss_type: str = "infonce",
     vision_pooling: str = "class_token",
+    attention_pool_heads: int = 8,
 ) -> DualClipConfig:
     """The `DualClipConfig` for `facts` and the choices that tensor shapes cannot tell.
 
@@ -231,6 +238,7 @@ def build_config(
             pre_norm=facts.pre_norm,
             layer_scale_init_value=vision_layer_scale_init_value if facts.vision_layer_scale else None,
             pooling=vision_pooling,
+            attention_pool_heads=attention_pool_heads,
         )
     else:
         vision.update(model_type=DualClipResNetConfig.model_type, resnet_layers=facts.resnet_layers,
@@ -264,6 +272,7 @@ def _text_targets(key: str) -> list[tuple[str, Transform]] | None:
         "ln_final.bias": "text_model.final_layer_norm.bias",
         "text_projection.weight": "text_projection.weight",
         "text_projection.bias": "text_projection.bias",
+        "cls_emb": "text_model.embeddings.class_embedding",
     }
     if key in simple:
         return [(simple[key], None)]
@@ -288,6 +297,15 @@ def _vit_targets(key: str) -> list[tuple[str, Transform]] | None:
         return [(simple[key], None)]
     if key == "proj":
         return [("visual_projection.weight", "T")]
+    if key == "attn_pool.query":  # CoCa: the first query is the contrastive one; the others feed its decoder
+        return [("vision_model.attention_pool.query", "first_row")]
+    if m := re.fullmatch(r"attn_pool\.(?:attn\.(.+)|ln_q\.(.+)|ln_k\.(.+))", key):
+        attn, query_norm, token_norm = m.groups()
+        if attn:
+            return [(f"vision_model.attention_pool.attention.{attn}", None)]
+        if query_norm:
+            return [(f"vision_model.attention_pool.layernorm_query.{query_norm}", None)]
+        return [(f"vision_model.attention_pool.layernorm_tokens.{token_norm}", None)]
     if m := re.fullmatch(r"transformer\.resblocks\.(\d+)\.(.+)", key):
         return _layer_targets(m.group(2), f"vision_model.encoder.layers.{m.group(1)}.")
     return None
@@ -317,6 +335,8 @@ def plan_conversion(keys, facts: ShapeFacts) -> dict[str, list[tuple[str, Transf
     plan, unknown = {}, []
     for key in keys:
         targets = None
+        if key.startswith(CAPTIONING_DECODER_PREFIX) and facts.text_class_token:
+            continue  # CoCa's captioning decoder: not converted (dualclip has no captioning)
         if key == "logit_scale" or key == "logit_bias":
             targets = [(key, "scalar")]
         elif key.startswith("visual.") and facts.backbone != "none":

@@ -232,6 +232,10 @@ def convert_openclip_tensors(model_cfg: dict, source, dtype: torch.dtype, progre
     tensors = convert_tensors(source, plan_conversion(source.keys(), facts), dtype, progress)
     if facts.text_prefix:
         notes.append("Custom-text layout (`text.` prefix) read into dualclip's standard layout.")
+    if facts.text_class_token:
+        notes.append("CoCa: the contrastive towers only (embeddings, zero-shot, retrieval). The captioning decoder "
+                     "(`text_decoder.*`) and the 255 attention-pool queries that feed it were not converted; "
+                     "dualclip does not generate captions: use open_clip's CoCa for that.")
     return config, tensors, architecture_name(facts), notes
 
 

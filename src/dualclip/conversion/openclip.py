@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..configuration_dualclip import DualClipConfig
 from ..configuration_dualclip_base import OPENAI_VOCAB_SIZE
-from .clip_layout import ShapeFacts, build_config, shape_facts, text_config_dict
+from .clip_layout import CAPTIONING_DECODER_PREFIX, ShapeFacts, build_config, shape_facts, text_config_dict
 from .errors import ConversionError
 from .openai import OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD, openai_text_tokens
 
@@ -25,8 +25,10 @@ HUB_WEIGHTS_NAMES = (
 
 # Options that do not change a converted model: training-time only, or settings of a tower type that is not built.
 _IGNORED_TOP = {"init_logit_scale", "custom_text", "cast_dtype", "output_dict"}
+# CoCa's captioning decoder: its tensors are left out (dualclip converts the contrastive towers only).
+_CAPTIONING = {"multimodal_cfg"}
 _IGNORED_VISION = {
-    "patch_dropout", "output_tokens", "attn_pooler_queries", "attn_pooler_heads",
+    "patch_dropout", "output_tokens", "attn_pooler_queries",
     "timm_model_pretrained", "timm_pool", "timm_proj", "timm_proj_bias", "timm_drop", "timm_drop_path",
 }
 _IGNORED_TEXT = {"output_tokens", "pad_id", "hf_model_pretrained", "hf_proj_type", "hf_pooler_type"}
@@ -34,15 +36,15 @@ _IGNORED_TEXT = {"output_tokens", "pad_id", "hf_model_pretrained", "hf_proj_type
 _HANDLED_TOP = {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "init_logit_bias", "nonscalar_logit_scale"}
 _HANDLED_VISION = {
     "layers", "width", "head_width", "mlp_ratio", "patch_size", "image_size", "ls_init_value", "no_ln_pre",
-    "act_kwargs", "norm_kwargs", "pool_type", "final_ln_after_pool",
+    "act_kwargs", "norm_kwargs", "pool_type", "final_ln_after_pool", "attentional_pool", "attn_pooler_heads",
 }
 _HANDLED_TEXT = {
     "context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "ls_init_value", "eos_id",
-    "no_causal_mask", "pool_type", "proj_bias", "act_kwargs", "norm_kwargs",
+    "no_causal_mask", "pool_type", "proj_bias", "act_kwargs", "norm_kwargs", "embed_cls",
 }
 
 # Options dualclip cannot express, with the value(s) that are harmless (OpenCLIP's defaults); anything else stops.
-_REFUSED_TOP = {"multimodal_cfg": (None,)}
+_REFUSED_TOP = {}
 _CUSTOM_BLOCK = {
     "block_type": (None, "default"), "qk_norm": (False,), "scaled_cosine_attn": (False,), "scale_heads": (False,),
     "scale_attn_inner": (False,), "scale_attn": (False,), "scale_fc": (False,),
@@ -52,20 +54,17 @@ _REFUSED_VISION = {
 }
 _REFUSED_TEXT = {
     **_CUSTOM_BLOCK, "hf_model_name": (None, ""), "hf_tokenizer_name": (None, ""), "tokenizer_kwargs": (None, {}),
-    "tokenizer_mode": (None, ""), "embed_cls": (False,), "proj_type": ("linear",), "final_ln_after_pool": (False,),
+    "tokenizer_mode": (None, ""), "proj_type": ("linear",), "final_ln_after_pool": (False,),
 }
 _WHY = {
-    "multimodal_cfg": "CoCa captioning models",
     "timm_model_name": "timm image towers",
     "hf_model_name": "Hugging Face text towers",
     "hf_tokenizer_name": "tokenizers other than OpenAI's BPE",
     "tokenizer_kwargs": "tokenizer settings other than OpenAI's",
     "tokenizer_mode": "tokenizer settings other than OpenAI's",
-    "attentional_pool": "attentional pooling",
     "pos_embed_type": "position embeddings other than learned ones",
     "pool_type": "pooling other than eos/argmax/last (text)",
     "final_ln_after_pool": "LayerNorm after pooling",
-    "embed_cls": "a text class token (CoCa)",
     "proj_type": "projections other than linear",
 }
 
@@ -83,7 +82,7 @@ def check_openclip_options(model_cfg: dict, vision_handled: set = frozenset(), t
     if not isinstance(model_cfg, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(model_cfg):
         raise ConversionError("an OpenCLIP model config needs `embed_dim`, `vision_cfg` and `text_cfg`")
     timm = "timm_model_name" in vision_handled
-    _check_options(model_cfg, "", _HANDLED_TOP, _IGNORED_TOP, _REFUSED_TOP)
+    _check_options(model_cfg, "", _HANDLED_TOP | _CAPTIONING, _IGNORED_TOP, _REFUSED_TOP)
     _check_options(model_cfg["vision_cfg"], "vision_cfg.", vision_handled if timm else _HANDLED_VISION | vision_handled,
                    _IGNORED_VISION | (_HANDLED_VISION if timm else set()), _REFUSED_VISION)
     _check_options(model_cfg["text_cfg"], "text_cfg.", _HANDLED_TEXT | text_handled, _IGNORED_TEXT, _REFUSED_TEXT)
@@ -146,6 +145,10 @@ def openclip_config(model_cfg: dict, tensors) -> tuple[DualClipConfig, ShapeFact
     quick_gelu = bool(model_cfg.get("quick_gelu", False))
 
     # OpenCLIP's defaults (CLIPVisionCfg / CLIPTextCfg) for what the JSON leaves out.
+    decoder = any(key.startswith(CAPTIONING_DECODER_PREFIX) for key in tensors.keys())
+    expect("multimodal_cfg (CoCa's captioning decoder)", "multimodal_cfg" in model_cfg, decoder)
+    expect("vision_cfg.attentional_pool", vision.get("attentional_pool", False) is not False,
+           facts.vision_attention_pool)
     resnet = isinstance(vision.get("layers", 12), (list, tuple))
     expect("vision_cfg.layers (ResNet or ViT)", "resnet" if resnet else "vit", facts.backbone)
     image_size = square(vision.get("image_size", 224), "vision_cfg.image_size")
@@ -170,6 +173,7 @@ def openclip_config(model_cfg: dict, tensors) -> tuple[DualClipConfig, ShapeFact
     config = build_config(
         facts,
         vision_pooling=_vision_pooling(vision, resnet),
+        attention_pool_heads=vision.get("attn_pooler_heads", 8),
         text_heads=text_settings.pop("text_heads"),
         text_layer_norm_eps=text_settings.pop("layer_norm_eps"),
         text_layer_scale_init_value=text_settings.pop("layer_scale_init_value"),
@@ -201,14 +205,17 @@ def _text_settings(model_cfg: dict, facts: ShapeFacts) -> dict:
     expect("text_cfg.width", text.get("width", 512), facts.text_width)
     expect("text_cfg.layers", text.get("layers", 12), facts.text_layers)
     expect("text_cfg.vocab_size", text.get("vocab_size", OPENAI_VOCAB_SIZE), facts.vocab_size)
-    expect("text_cfg.context_length", text.get("context_length", 77), facts.context_length)
+    expect("text_cfg.embed_cls", bool(text.get("embed_cls", False)), facts.text_class_token)
+    # CoCa's appended class token has a position of its own.
+    expect("text_cfg.context_length", text.get("context_length", 77) + facts.text_class_token, facts.context_length)
     mlp_width = int(facts.text_width * text.get("mlp_ratio", 4.0))
     expect("text_cfg.mlp_ratio (MLP width)", mlp_width, facts.text_intermediate)
     expect("text_cfg.ls_init_value", text.get("ls_init_value") is not None, facts.text_layer_scale)
     expect("text_cfg.proj_bias", bool(text.get("proj_bias", False)), facts.text_projection_bias)
     expect("init_logit_bias", model_cfg.get("init_logit_bias") is not None, facts.logit_bias)
 
-    pool_type = text.get("pool_type", "argmax")
+    # OpenCLIP: an appended class token (CoCa) overrides pool_type: always the last position.
+    pool_type = "last" if facts.text_class_token else text.get("pool_type", "argmax")
     if pool_type == "argmax":
         tokens = openai_text_tokens(facts.vocab_size)
     elif pool_type == "eos":
@@ -233,8 +240,14 @@ def _text_settings(model_cfg: dict, facts: ShapeFacts) -> dict:
 
 
 def _vision_pooling(vision: dict, resnet: bool) -> str:
-    """dualclip's `pooling` for OpenCLIP's ViT `pool_type` and `final_ln_after_pool`."""
+    """dualclip's `pooling` for OpenCLIP's ViT `attentional_pool`, `pool_type` and `final_ln_after_pool`."""
     pool_type, after = vision.get("pool_type", "tok"), bool(vision.get("final_ln_after_pool", False))
+    attentional = vision.get("attentional_pool", False)
+    if attentional is not False:
+        if attentional is not True or resnet or pool_type != "tok":
+            raise ConversionError(f"unsupported OpenCLIP option vision_cfg.attentional_pool={attentional!r} (with "
+                                  f"pool_type={pool_type!r}): dualclip converts CoCa's pooler (True, class token)")
+        return "attention_pool"
     if resnet:
         if pool_type != "tok" or after:
             raise ConversionError("unsupported OpenCLIP option for a ResNet image tower: vision_cfg.pool_type / "

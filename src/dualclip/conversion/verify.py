@@ -64,7 +64,9 @@ def verification_inputs(text_config=None, vision_config=None, seed: int = 0):
         size, channels = vision_config.image_size, vision_config.num_channels
         pixel_values = torch.randn(2, channels, size, size, generator=generator)
     if text_config is not None:
-        vocab, length = text_config.vocab_size, text_config.max_position_embeddings
+        # A tower that appends a class token (CoCa) keeps one position for it.
+        vocab = text_config.vocab_size
+        length = text_config.max_position_embeddings - getattr(text_config, "append_class_token", False)
         # Towers without a pooling setting (SigLIP) pool the last position.
         eos = text_config.eos_token_id if getattr(text_config, "pooling", "last") in ("eos", "first_eos") else vocab - 1
         bos = text_config.bos_token_id
@@ -148,12 +150,16 @@ def verify_openclip(checkpoint_path, model_cfg: dict, folder, dtype: torch.dtype
     reference_name = f"open_clip {getattr(open_clip, '__version__', '')}".strip()
     cfg = copy.deepcopy(model_cfg)
     model_class = CustomTextCLIP if cfg.pop("custom_text", False) else CLIP
+    if "multimodal_cfg" in cfg:
+        from open_clip.coca_model import CoCa as model_class
     reference = model_class(**cfg).float().eval()
     open_clip.load_checkpoint(reference, str(checkpoint_path), weights_only=True)
     ours = _load_dualclip(folder)
     pixel_values, input_ids = verification_inputs(ours.config.text_config, ours.config.vision_config)
     with torch.no_grad():
-        image, text = reference.encode_image(pixel_values), reference.encode_text(input_ids)
+        # normalize=False: CoCa normalises by default, CLIP does not.
+        image = reference.encode_image(pixel_values, normalize=False)
+        text = reference.encode_text(input_ids, normalize=False)
         logits = reference.logit_scale.exp() * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T
         if reference.logit_bias is not None:
             logits = logits + reference.logit_bias
