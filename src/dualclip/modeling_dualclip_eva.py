@@ -29,7 +29,6 @@ from typing import Literal
 import torch
 from huggingface_hub.dataclasses import strict
 from torch import nn
-from torch.nn import functional as F
 from transformers import initialization as init
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
@@ -49,6 +48,7 @@ from .modeling_dualclip_layers import (
     DualClipMLP,
     PooledQuery,
     check_pixel_values,
+    resample_position_grid,
 )
 
 # timm's `rope_temperature`; every EVA and PE model uses the default.
@@ -194,12 +194,8 @@ class DualClipEvaEmbeddings(nn.Module):
         if (grid_height, grid_width) == (self.grid_size, self.grid_size):
             return weight
         prefix, patches = weight[: self.num_prefix_tokens], weight[self.num_prefix_tokens :]
-        patches = patches.reshape(1, self.grid_size, self.grid_size, -1).permute(0, 3, 1, 2).float()
-        patches = F.interpolate(
-            patches, size=(grid_height, grid_width), mode="bicubic", align_corners=False, antialias=True
-        )
-        patches = patches.permute(0, 2, 3, 1).reshape(grid_height * grid_width, -1).to(weight.dtype)
-        return torch.cat([prefix, patches])
+        grid = (self.grid_size, self.grid_size)
+        return torch.cat([prefix, resample_position_grid(patches, grid, (grid_height, grid_width))])
 
     def forward(self, pixel_values, interpolate_pos_encoding=False):
         batch, _, height, width = pixel_values.shape

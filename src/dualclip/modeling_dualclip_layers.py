@@ -1,6 +1,6 @@
 """Layers shared by dualclip's towers: attention on transformers' attention interface, the MLPs (GELU-style and
-SwiGLU), LayerScale, rotary position embeddings, the transformer layer and the encoder stack; and the input check
-every image tower makes.
+gated: SwiGLU, GeGLU), LayerScale, rotary position embeddings, the transformer layer and the encoder stack; the
+resampling of learned position embeddings to another patch grid; and the input check every image tower makes.
 
 Attention runs through `ALL_ATTENTION_FUNCTIONS` (eager, sdpa, flex, flash, registered kernels) with masks from
 transformers' mask utilities, exactly as transformers' CLIP does. Module and parameter names follow transformers
@@ -11,9 +11,9 @@ layer to compute that position alone (every position still serves as key and val
 
 Options a family's config may declare (absent: the CLIP layer): `key_bias=False` (no bias on `k_proj`, EVA),
 `scale_attn_inner` (a LayerNorm on the heads' output before `out_proj`, EVA02), `swiglu_mlp`/`scale_mlp` (the SwiGLU
-feed-forward, with a LayerNorm inside, EVA02), `use_post_norm` (normalise each branch's output instead of its input,
-EVA02-E), `layer_scale_init_value` (LayerScale). Rotary position embeddings are passed to the layers as a
-`(cos, sin)` pair.
+feed-forward, with a LayerNorm inside, EVA02), `geglu_mlp` (the GeGLU feed-forward, with a LayerNorm on its input,
+ViTamin), `use_post_norm` (normalise each branch's output instead of its input, EVA02-E), `layer_scale_init_value`
+(LayerScale). Rotary position embeddings are passed to the layers as a `(cos, sin)` pair.
 """
 
 from collections.abc import Callable
@@ -120,16 +120,23 @@ class DualClipMLP(nn.Module):
         return self.fc2(self.activation_fn(self.fc1(hidden_states)))
 
 
-class DualClipSwiGLU(nn.Module):
-    """SwiGLU feed-forward block (EVA02): `fc2(norm(silu(fc1_g(x)) * fc1_x(x)))`; the LayerNorm is there when the
-    config says `scale_mlp` (timm's names and layout)."""
+class DualClipGatedMLP(nn.Module):
+    """Gated feed-forward block, `fc2(norm(act(fc1_g(x)) * fc1_x(x)))` (timm's names and layout): SwiGLU (EVA02), a
+    SiLU gate with the LayerNorm `norm` there when the config says `scale_mlp`; or, when the config says
+    `geglu_mlp` (ViTamin), GeGLU: a `hidden_act` gate on the output of a LayerNorm of its own (`input_norm`)."""
 
     def __init__(self, config):
         super().__init__()
         self.config = config
+        geglu = getattr(config, "geglu_mlp", False)
+        if geglu:
+            self.input_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        else:
+            self.input_norm = nn.Identity()
+        self.activation_fn = ACT2FN[config.hidden_act if geglu else "silu"]
         self.fc1_g = nn.Linear(config.hidden_size, config.intermediate_size)
         self.fc1_x = nn.Linear(config.hidden_size, config.intermediate_size)
-        if config.scale_mlp:
+        if getattr(config, "scale_mlp", False):
             self.norm = nn.LayerNorm(config.intermediate_size, eps=config.layer_norm_eps)
         else:
             self.norm = nn.Identity()
@@ -142,7 +149,8 @@ class DualClipSwiGLU(nn.Module):
         init.normal_(self.fc2.weight, std=hidden**-0.5 * (2 * self.config.num_hidden_layers) ** -0.5 * factor)
 
     def forward(self, hidden_states):
-        gated = nn.functional.silu(self.fc1_g(hidden_states)) * self.fc1_x(hidden_states)
+        hidden_states = self.input_norm(hidden_states)
+        gated = self.activation_fn(self.fc1_g(hidden_states)) * self.fc1_x(hidden_states)
         return self.fc2(self.norm(gated))
 
 
@@ -161,6 +169,18 @@ class DualClipLayerScale(nn.Module):
         return hidden_states * self.scale
 
 
+def resample_position_grid(positions: torch.Tensor, grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
+    """Learned position embeddings of a patch grid, `(grid[0] * grid[1], width)` in row-major order, resampled to
+    `new_grid` as timm's `resample_abs_pos_embed` does (bicubic, antialiased, in float32); unchanged for the same grid.
+    """
+    if tuple(grid) == tuple(new_grid):
+        return positions
+    patches = positions.reshape(1, *grid, -1).permute(0, 3, 1, 2).float()
+    patches = nn.functional.interpolate(patches, size=tuple(new_grid), mode="bicubic", align_corners=False,
+                                        antialias=True)
+    return patches.permute(0, 2, 3, 1).reshape(new_grid[0] * new_grid[1], -1).to(positions.dtype)
+
+
 class DualClipEncoderLayer(GradientCheckpointingLayer):
     """Pre-norm transformer layer: `x + attn(ln1(x))`, then `x + mlp(ln2(x))`, with optional LayerScale; or, when
     the config says `use_post_norm` (EVA02-E), post-norm: `x + ln1(attn(x))`, then `x + ln2(mlp(x))`."""
@@ -171,7 +191,8 @@ class DualClipEncoderLayer(GradientCheckpointingLayer):
         self.post_norm = getattr(config, "use_post_norm", False)
         self.self_attn = DualClipAttention(config)
         self.layer_norm1 = nn.LayerNorm(self.embed_dim, eps=config.layer_norm_eps)
-        self.mlp = DualClipSwiGLU(config) if getattr(config, "swiglu_mlp", False) else DualClipMLP(config)
+        gated = getattr(config, "swiglu_mlp", False) or getattr(config, "geglu_mlp", False)
+        self.mlp = DualClipGatedMLP(config) if gated else DualClipMLP(config)
         self.layer_norm2 = nn.LayerNorm(self.embed_dim, eps=config.layer_norm_eps)
         layer_scale = getattr(config, "layer_scale_init_value", None)
         if layer_scale is not None:

@@ -27,6 +27,7 @@ from .modeling_dualclip_siglip import (
 )
 from .modeling_dualclip_text import DualClipTextConfig, DualClipTextTransformer
 from .modeling_dualclip_vit import DualClipVisionConfig, DualClipVisionTransformer
+from .modeling_dualclip_vitamin import DualClipVitaminVisionConfig, DualClipVitaminVisionTransformer
 
 # side (the config key in `DualClipConfig`) -> {model_type: (config class, tower class)}; the first is the default.
 TOWERS = {
@@ -39,6 +40,7 @@ TOWERS = {
         DualClipResNetConfig.model_type: (DualClipResNetConfig, DualClipResNet),
         DualClipSiglipVisionConfig.model_type: (DualClipSiglipVisionConfig, DualClipSiglipVisionTransformer),
         DualClipEvaVisionConfig.model_type: (DualClipEvaVisionConfig, DualClipEvaVisionTransformer),
+        DualClipVitaminVisionConfig.model_type: (DualClipVitaminVisionConfig, DualClipVitaminVisionTransformer),
         DualClipConvNextVisionConfig.model_type: (DualClipConvNextVisionConfig, DualClipConvNext),
     },
 }

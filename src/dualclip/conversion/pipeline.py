@@ -148,6 +148,10 @@ def describe_towers(config, class_name: str) -> str:
         elif vision.model_type == "dualclip_convnext_vision_model":
             widths, blocks = "-".join(map(str, vision.hidden_sizes)), "-".join(map(str, vision.depths))
             parts.append(f"ConvNeXt image tower (widths {widths}, blocks {blocks}) at {vision.image_size}px")
+        elif vision.model_type == "dualclip_vitamin_vision_model":
+            stages = "-".join(map(str, vision.conv_stage_sizes))
+            parts.append(f"ViTamin image tower (convolution stages {stages}, width {vision.hidden_size}, "
+                         f"{layers(vision.num_hidden_layers)}) at {vision.image_size}px")
         else:
             parts.append(f"ViT image tower (width {vision.hidden_size}, {layers(vision.num_hidden_layers)}, "
                          f"patch {vision.patch_size}) at {vision.image_size}px")

@@ -14,6 +14,7 @@ from .errors import ConversionError
 from .eva import EVA_ARCHITECTURES, eva_vision_tower
 from .openclip import CARRIED_TOKENIZER_OPTIONS, TIMM_VISION_OPTIONS, check_openclip_options, openclip_text_tower
 from .siglip import SIGLIP_VISION_ARCHITECTURES, openclip_siglip_to_siglip_state_dict, siglip_config
+from .vitamin import VITAMIN_ARCHITECTURES, vitamin_vision_tower
 
 
 def timm_model_name(model_cfg: dict) -> str | None:
@@ -43,11 +44,16 @@ def convert_timm_tower_model(model_cfg: dict, source) -> tuple[DualClipConfig, d
             return (*_openclip_text_timm_image(model_cfg, source, convnext_vision_tower), "ConvNeXt")
         except KeyError as missing:
             raise ConversionError(f"not an OpenCLIP ConvNeXt state dict: no tensor {missing}") from None
+    if name in VITAMIN_ARCHITECTURES:
+        try:
+            return (*_openclip_text_timm_image(model_cfg, source, vitamin_vision_tower), "ViTamin")
+        except KeyError as missing:
+            raise ConversionError(f"not an OpenCLIP ViTamin state dict: no tensor {missing}") from None
     raise ConversionError(
         f"unsupported OpenCLIP option vision_cfg.timm_model_name={name!r}: dualclip converts timm's SigLIP, EVA, "
-        "PE and ConvNeXt towers (vit_*_siglip_*, eva*, vit_pe_core_*, convnext_*; see "
-        "dualclip.conversion.siglip.SIGLIP_VISION_ARCHITECTURES, dualclip.conversion.eva.EVA_ARCHITECTURES and "
-        "dualclip.conversion.convnext.CONVNEXT_ARCHITECTURES)"
+        "PE, ConvNeXt and ViTamin towers (vit_*_siglip_*, eva*, vit_pe_core_*, convnext_*, vitamin_*; see "
+        "dualclip.conversion.siglip.SIGLIP_VISION_ARCHITECTURES, dualclip.conversion.eva.EVA_ARCHITECTURES, "
+        "dualclip.conversion.convnext.CONVNEXT_ARCHITECTURES and dualclip.conversion.vitamin.VITAMIN_ARCHITECTURES)"
     )
 
 
