@@ -122,3 +122,34 @@ def test_openclip_state_dict_is_not_taken_for_openai(tmp_path):
     with pytest.raises(ConversionError, match="looks like an OpenCLIP one"):
         convert_checkpoint(tmp_path / "state.pt", tmp_path / "out", "openai")
     assert not (tmp_path / "out").exists()
+
+
+@torch.no_grad()
+def test_long_clip_checkpoint_folds_its_two_position_tables(tmp_path):
+    """Long-CLIP (248 text positions; OpenAI's layout plus `positional_embedding_res`). Its code is not installable,
+    so the reference is its `encode_text` rule applied to OpenAI's `clip.model` modules on the same weights:
+    `positional_embedding * mask1 + positional_embedding_res * mask2` (`mask1` = the first 20 rows), the rest
+    OpenAI's text tower. The converted tokenizer and prompt chunking follow the 248 positions."""
+    from dualclip.conditioning import chunk_length
+    from dualclip.tokenization_dualclip import DualClipTokenizer
+
+    reference = openai_model(**REDUCED_OPENAI["ViT-B/16"], seed=2, context_length=248)
+    state = reference.state_dict()
+    state["positional_embedding_res"] = torch.randn(248, 64, generator=torch.Generator().manual_seed(3)) * 0.1
+    torch.save(state, tmp_path / "longclip.pt")
+    result = convert_checkpoint(tmp_path / "longclip.pt", tmp_path / "out")
+    assert "248 text positions" in result.architecture
+    model = DualClipModel.from_pretrained(tmp_path / "out").eval()
+
+    mask1 = torch.zeros(248, 1)
+    mask1[:20] = 1
+    positions = reference.positional_embedding * mask1 + state["positional_embedding_res"] * (1 - mask1)
+    ids = token_batch(context_length=248)
+    x = reference.token_embedding(ids) + positions
+    x = reference.ln_final(reference.transformer(x.permute(1, 0, 2)).permute(1, 0, 2))
+    want = x[torch.arange(x.shape[0]), ids.argmax(dim=-1)] @ reference.text_projection
+    got = model.encode_text(ids)
+    assert float((got - want).abs().max()) <= 1e-5 * float(want.abs().max())
+    assert model.config.text_config.max_position_embeddings == 248
+    tokenizer = DualClipTokenizer.from_pretrained(tmp_path / "out")
+    assert tokenizer.model_max_length == 248 and chunk_length(tokenizer, model.text_model) == 246

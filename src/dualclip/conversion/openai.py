@@ -4,6 +4,8 @@ OpenAI's rules that the shapes cannot tell: 64-wide attention heads in every tra
 pool, QuickGELU, LayerNorm eps 1e-5, a causal text tower pooled at the end-of-text token (the largest id).
 """
 
+import torch
+
 from ..configuration_dualclip import DualClipConfig
 from ..configuration_dualclip_base import OPENAI_BOS_TOKEN_ID, OPENAI_EOS_TOKEN_ID, OPENAI_VOCAB_SIZE
 from .clip_layout import ShapeFacts, build_config, shape_facts
@@ -38,15 +40,18 @@ def _signature(facts: ShapeFacts) -> tuple:
 def architecture_name(facts: ShapeFacts) -> str:
     """The released model these sizes belong to (`"ViT-B/32"`, `"RN50x4"`, ...), or a description of them."""
     for name, signature in OPENAI_ARCHITECTURES.items():
-        if _signature(facts) == signature and facts.text_layers == 12 and facts.context_length == 77:
-            return name
+        if _signature(facts) == signature and facts.text_layers == 12:
+            if facts.context_length == 77:
+                return name
+            return f"{name} with {facts.context_length} text positions (Long-CLIP: 248)"
     if facts.backbone == "vit":
         vision = f"ViT (width {facts.vision_width}, {layers(facts.vision_layers)}, patch {facts.patch_size})"
     else:
         vision = f"ResNet (width {facts.vision_width}, blocks {'-'.join(map(str, facts.resnet_layers))})"
+    positions = "" if facts.context_length == 77 else f", {facts.context_length} text positions"
     return (
-        f"{vision} at {facts.image_size}px, text transformer (width {facts.text_width}, {layers(facts.text_layers)}), "
-        f"{facts.embed_dim}-d embeddings"
+        f"{vision} at {facts.image_size}px, text transformer (width {facts.text_width}, {layers(facts.text_layers)}"
+        f"{positions}), {facts.embed_dim}-d embeddings"
     )
 
 
@@ -70,8 +75,32 @@ def openai_text_tokens(vocab_size: int) -> dict:
     return dict(pooling="argmax", bos_token_id=None, eos_token_id=None)
 
 
+# Long-CLIP (248 text positions, OpenAI's layout): the first 20 positions keep CLIP's trained embedding
+# (`positional_embedding`), the others come from `positional_embedding_res` (its `mask1`/`mask2`).
+LONG_CLIP_KEPT_POSITIONS = 20
+
+
+def fold_long_clip_positions(tensors) -> bool:
+    """Folds a Long-CLIP checkpoint's two position embeddings into the one they add up to, in place in `tensors`
+    (a `TensorSource`): rows `:20` of `positional_embedding`, the rest of `positional_embedding_res`. Exact (the
+    original multiplies by 0/1 masks and adds). Returns whether the checkpoint was Long-CLIP's."""
+    if "positional_embedding_res" not in tensors:
+        return False
+    kept, stretched = tensors.pop("positional_embedding"), tensors.pop("positional_embedding_res")
+    if kept.shape != stretched.shape or kept.shape[0] <= LONG_CLIP_KEPT_POSITIONS:
+        raise ConversionError(
+            f"positional_embedding {tuple(kept.shape)} and positional_embedding_res {tuple(stretched.shape)} are "
+            f"not Long-CLIP's (two equal position tables longer than {LONG_CLIP_KEPT_POSITIONS})"
+        )
+    tensors.put("positional_embedding", torch.cat([kept[:LONG_CLIP_KEPT_POSITIONS],
+                                                   stretched[LONG_CLIP_KEPT_POSITIONS:]]))
+    return True
+
+
 def openai_config(tensors) -> tuple[DualClipConfig, ShapeFacts]:
-    """The dualclip config of an OpenAI CLIP state dict, and the sizes read from it."""
+    """The dualclip config of an OpenAI CLIP state dict (Long-CLIP's included: see `fold_long_clip_positions`, done
+    here), and the sizes read from it."""
+    fold_long_clip_positions(tensors)
     facts = shape_facts(tensors)
     extras = [
         name

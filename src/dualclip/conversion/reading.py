@@ -66,6 +66,11 @@ class TensorSource:
         lazy = {_SAFETENSORS_FLOAT_DTYPES.get(code) for _, _, code in self._lazy.values()}
         return dtypes | (lazy - {None})
 
+    def put(self, name: str, tensor: torch.Tensor) -> None:
+        """Holds `tensor` under `name` (a tensor a converter derived from others it popped)."""
+        self._lazy.pop(name, None)
+        self._tensors[name] = tensor
+
     def pop(self, name: str) -> torch.Tensor:
         if name in self._tensors:
             return self._tensors.pop(name)

@@ -120,6 +120,8 @@ def _unavailable(reference: str, package: str, error: Exception) -> Verification
 def verify_openai(state_dict: dict, folder, dtype: torch.dtype) -> Verification:
     """Compares the converted folder with `clip.model.build_model(state_dict)` (run in float32)."""
     reference_name = "OpenAI CLIP (clip.model.build_model)"
+    if "positional_embedding_res" in state_dict:
+        return Verification("Long-CLIP", unavailable="Long-CLIP's own code is not an installable package")
     try:
         from clip.model import build_model
     except ImportError as error:
