@@ -360,3 +360,11 @@ def test_coca_contrastive_towers_convert_and_its_decoder_is_named(tmp_path):
     want = reference.logit_scale.exp() * torch.nn.functional.normalize(want_image, dim=-1) @ (
         torch.nn.functional.normalize(want_text, dim=-1).t())
     assert_close(logits, want, "logits", tolerance=1e-5 * float(want.abs().max()))
+
+
+def test_coca_export_to_stock_clip_names_what_stock_lacks(tmp_path):
+    reference = openclip_model(tmp_path, "coca-export", COCA)
+    convert_checkpoint(save_hub_folder(reference, COCA, tmp_path / "hub"), tmp_path / "out")
+    with pytest.raises(ConversionError, match="attention_pool.*appended text class token|appended text class token"):
+        convert_checkpoint(tmp_path / "out", tmp_path / "stock", to="hf")
+    assert not (tmp_path / "stock").exists()

@@ -128,6 +128,8 @@ def _text_blockers(text) -> list[str]:
     if text.model_type != "dualclip_text_model":
         return [f"the {text.model_type} text tower (stock CLIP has CLIP text towers only)"]
     blockers = []
+    if text.append_class_token:
+        blockers.append("an appended text class token (CoCa)")
     if text.pooling == "first_eos" and text.eos_token_id == 2:
         blockers.append("pooling at end-of-text id 2 (stock CLIP reads eos_token_id 2 as its legacy argmax rule)")
     if text.pooling == "last":
