@@ -18,6 +18,7 @@ need from it:
 
 from .modeling_dualclip_convnext import DualClipConvNext, DualClipConvNextVisionConfig
 from .modeling_dualclip_eva import DualClipEvaVisionConfig, DualClipEvaVisionTransformer
+from .modeling_dualclip_fastvit import DualClipFastVit, DualClipFastVitVisionConfig
 from .modeling_dualclip_resnet import DualClipResNet, DualClipResNetConfig
 from .modeling_dualclip_siglip import (
     DualClipSiglipTextConfig,
@@ -40,6 +41,7 @@ TOWERS = {
         DualClipResNetConfig.model_type: (DualClipResNetConfig, DualClipResNet),
         DualClipSiglipVisionConfig.model_type: (DualClipSiglipVisionConfig, DualClipSiglipVisionTransformer),
         DualClipEvaVisionConfig.model_type: (DualClipEvaVisionConfig, DualClipEvaVisionTransformer),
+        DualClipFastVitVisionConfig.model_type: (DualClipFastVitVisionConfig, DualClipFastVit),
         DualClipVitaminVisionConfig.model_type: (DualClipVitaminVisionConfig, DualClipVitaminVisionTransformer),
         DualClipConvNextVisionConfig.model_type: (DualClipConvNextVisionConfig, DualClipConvNext),
     },

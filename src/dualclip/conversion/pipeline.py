@@ -152,6 +152,10 @@ def describe_towers(config, class_name: str) -> str:
             stages = "-".join(map(str, vision.conv_stage_sizes))
             parts.append(f"ViTamin image tower (convolution stages {stages}, width {vision.hidden_size}, "
                          f"{layers(vision.num_hidden_layers)}) at {vision.image_size}px")
+        elif vision.model_type == "dualclip_fastvit_vision_model":
+            widths, blocks = "-".join(map(str, vision.hidden_sizes)), "-".join(map(str, vision.depths))
+            form = "reparameterised" if vision.reparameterized else "training-time form"
+            parts.append(f"FastViT image tower (widths {widths}, blocks {blocks}, {form}) at {vision.image_size}px")
         else:
             parts.append(f"ViT image tower (width {vision.hidden_size}, {layers(vision.num_hidden_layers)}, "
                          f"patch {vision.patch_size}) at {vision.image_size}px")

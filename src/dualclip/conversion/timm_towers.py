@@ -12,6 +12,7 @@ from .clip_layout import plan_conversion
 from .convnext import CONVNEXT_ARCHITECTURES, convnext_vision_tower
 from .errors import ConversionError
 from .eva import EVA_ARCHITECTURES, eva_vision_tower
+from .fastvit import FASTVIT_ARCHITECTURES, MOBILECLIP_VIT_ARCHITECTURES, fastvit_vision_tower
 from .openclip import CARRIED_TOKENIZER_OPTIONS, TIMM_VISION_OPTIONS, check_openclip_options, openclip_text_tower
 from .siglip import SIGLIP_VISION_ARCHITECTURES, openclip_siglip_to_siglip_state_dict, siglip_config
 from .vitamin import VITAMIN_ARCHITECTURES, vitamin_vision_tower
@@ -49,6 +50,11 @@ def convert_timm_tower_model(model_cfg: dict, source) -> tuple[DualClipConfig, d
             return (*_openclip_text_timm_image(model_cfg, source, vitamin_vision_tower), "ViTamin")
         except KeyError as missing:
             raise ConversionError(f"not an OpenCLIP ViTamin state dict: no tensor {missing}") from None
+    if name in FASTVIT_ARCHITECTURES or name in MOBILECLIP_VIT_ARCHITECTURES:
+        try:
+            return (*_openclip_text_timm_image(model_cfg, source, fastvit_vision_tower), "MobileCLIP")
+        except KeyError as missing:
+            raise ConversionError(f"not an OpenCLIP MobileCLIP state dict: no tensor {missing}") from None
     raise ConversionError(
         f"unsupported OpenCLIP option vision_cfg.timm_model_name={name!r}: dualclip converts timm's SigLIP, EVA, "
         "PE, ConvNeXt and ViTamin towers (vit_*_siglip_*, eva*, vit_pe_core_*, convnext_*, vitamin_*; see "

@@ -155,8 +155,13 @@ def verify_openclip(checkpoint_path, model_cfg: dict, folder, dtype: torch.dtype
     if "multimodal_cfg" in cfg:
         from open_clip.coca_model import CoCa as model_class
     reference = model_class(**cfg).float().eval()
-    open_clip.load_checkpoint(reference, str(checkpoint_path), weights_only=True)
     ours = _load_dualclip(folder)
+    if getattr(ours.config.vision_config, "reparameterized", False):
+        # A FastViT saved after timm's `reparameterize_model` (fused `reparam_conv`s): the reference is fused alike.
+        from timm.utils.model import reparameterize_model
+
+        reparameterize_model(reference.visual.trunk, inplace=True)
+    open_clip.load_checkpoint(reference, str(checkpoint_path), weights_only=True)
     pixel_values, input_ids = verification_inputs(ours.config.text_config, ours.config.vision_config)
     with torch.no_grad():
         # normalize=False: CoCa normalises by default, CLIP does not.
