@@ -609,9 +609,14 @@ class DualClipFastVit(DualClipPreTrainedModel):
         """Fuses every reparameterisable part in place into its inference-time convolution, as timm's
         `reparameterize_model` does (same numbers in eval mode, fewer operations), and sets
         `config.reparameterized`; a no-op on an inference-time model. Returns the tower."""
-        for module in list(self.modules()):
-            if module is not self and hasattr(module, "reparameterize"):
-                module.reparameterize()
+        def fuse(parent: nn.Module) -> None:
+            # Parents first, as timm: a RepMixer fuses its two MobileOne blocks itself and drops them.
+            for child in parent.children():
+                if hasattr(child, "reparameterize"):
+                    child.reparameterize()
+                fuse(child)
+
+        fuse(self)
         self.config.reparameterized = True
         return self
 
