@@ -145,7 +145,9 @@ def fastvit_architecture_of(model) -> dict:
     from timm.layers import LayerNorm2d
     from timm.models.fastvit import AttentionBlock, RepConditionalPosEnc, RepMixerBlock
 
-    gelu = lambda module: isinstance(module, torch.nn.GELU) and module.approximate == "none"  # noqa: E731
+    def gelu(module):
+        return isinstance(module, torch.nn.GELU) and module.approximate == "none"
+
     arch = {key: [] for key in ("depths", "hidden_sizes", "mlp_ratios", "token_mixers", "downsamples",
                                 "se_downsamples", "position_encodings")}
     norms = set()
@@ -234,8 +236,7 @@ def vit_architecture_of(model) -> dict:
         arch["patch_size"] = 4 * 2 * 2
     else:
         arch["patch_size"] = model.patch_embed.patch_size[0]
-        assert (model.patch_embed.proj.bias is None) == arch["pre_norm"]  # timm drops it before a pre-norm
-        assert model.patch_embed.proj.bias is None
+        assert model.patch_embed.proj.bias is None  # timm drops it before a pre-norm; CLIP's patch has none
     return arch
 
 
