@@ -152,8 +152,9 @@ def _not_built_reason(model_cfg: dict, error: Exception) -> str:
     return f"open_clip cannot build it on the meta device: {type(error).__name__}: {shorten(error)}"
 
 
-def _convert(model_cfg: dict, state: dict):
-    """`(status, reason, architecture)` of dualclip's converter and model build on `state` (meta tensors)."""
+def _convert(model_cfg: dict, state: dict, hf_text_config: dict | None = None):
+    """`(status, reason, architecture)` of dualclip's converter and model build on `state` (meta tensors);
+    `hf_text_config`: the config of a Hugging Face text encoder, which dualclip's converter needs too."""
     import torch
 
     import dualclip
@@ -164,7 +165,7 @@ def _convert(model_cfg: dict, state: dict):
 
     try:
         config, tensors, architecture, _ = convert_openclip_tensors(copy.deepcopy(model_cfg), TensorSource(state),
-                                                                    torch.float32)
+                                                                    torch.float32, hf_text_config=hf_text_config)
         build_model(dualclip.DualClipModel, config, tensors)
     except ConversionError as error:
         return REFUSED, shorten(error), None
@@ -190,7 +191,13 @@ def check_model(open_clip, name: str, tags=()) -> ModelResult:
         else:
             result.status, result.reason = NOT_BUILT, _not_built_reason(model_cfg, error)
         return result
-    result.status, result.reason, result.architecture = _convert(model_cfg, state)
+    hf_text_config = None
+    if hf_name := (model_cfg.get("text_cfg") or {}).get("hf_model_name"):
+        from transformers import AutoConfig
+
+        # open_clip has just read the encoder's config from the local cache; dualclip's converter needs it too.
+        hf_text_config = AutoConfig.from_pretrained(hf_name).to_dict()
+    result.status, result.reason, result.architecture = _convert(model_cfg, state, hf_text_config)
     return result
 
 

@@ -52,14 +52,20 @@ def test_models_refused_with_their_reason(some_results):
     results, _ = some_results
     for name, family, words in (
         ("coca_ViT-B-32", "CoCa", ("multimodal_cfg", "CoCa")),
-        # Built by open_clip only with the text encoder's config from the hub; refused on its model config alone.
-        ("roberta-ViT-B-32", "Hugging Face text tower", ("hf_model_name", "roberta-base")),
     ):
         result = results[name]
         assert (result.status, result.family) == (coverage.REFUSED, family), result
         assert all(word in result.reason for word in words), result.reason
         assert "\n" not in result.reason and len(result.reason) <= 200
         assert result.architecture is None and result.tags
+
+
+def test_hugging_face_text_towers_are_not_built_offline(some_results):
+    # open_clip builds them only with the text encoder's config (and weights) from the hub, as dualclip's converter
+    # needs that config (tests/test_hf_text_family.py converts them from local configs).
+    result = some_results[0]["roberta-ViT-B-32"]
+    assert (result.status, result.family) == (coverage.NOT_BUILT, "Hugging Face text tower"), result
+    assert "roberta-base" in result.reason and "hub" in result.reason
 
 
 def test_markdown_and_json_rows(some_results):

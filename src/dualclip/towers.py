@@ -19,6 +19,7 @@ need from it:
 from .modeling_dualclip_convnext import DualClipConvNext, DualClipConvNextVisionConfig
 from .modeling_dualclip_eva import DualClipEvaVisionConfig, DualClipEvaVisionTransformer
 from .modeling_dualclip_fastvit import DualClipFastVit, DualClipFastVitVisionConfig
+from .modeling_dualclip_hf_text import DualClipHFTextConfig, DualClipHFTextTransformer
 from .modeling_dualclip_resnet import DualClipResNet, DualClipResNetConfig
 from .modeling_dualclip_siglip import (
     DualClipSiglipTextConfig,
@@ -35,6 +36,7 @@ TOWERS = {
     "text_config": {
         DualClipTextConfig.model_type: (DualClipTextConfig, DualClipTextTransformer),
         DualClipSiglipTextConfig.model_type: (DualClipSiglipTextConfig, DualClipSiglipTextTransformer),
+        DualClipHFTextConfig.model_type: (DualClipHFTextConfig, DualClipHFTextTransformer),
     },
     "vision_config": {
         DualClipVisionConfig.model_type: (DualClipVisionConfig, DualClipVisionTransformer),

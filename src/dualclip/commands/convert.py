@@ -9,6 +9,8 @@ EPILOG = """examples:
   dualclip convert ViT-B-32.pt clip-vit-b-32                      OpenAI archive (detected)
   dualclip convert open_clip_hub_folder/ out/                     OpenCLIP hub folder (detected)
   dualclip convert epoch_32.pt out/ --openclip-model ViT-B-32     OpenCLIP training checkpoint
+  dualclip convert xlm_roberta_hub_folder/ out/ --hf-text-config xlm-roberta-base/config.json
+                                                                  OpenCLIP with a Hugging Face text tower
   dualclip convert openai/clip-vit-base-patch32 out/ --from hf    transformers CLIP folder
   dualclip convert dualclip_folder/ out/ --to hf                  back to stock transformers CLIP
 """
@@ -28,6 +30,9 @@ def add_arguments(parser) -> None:
                         help="OpenCLIP model-config JSON (or open_clip_config.json) for a raw checkpoint")
     parser.add_argument("--openclip-model", metavar="NAME",
                         help="standard OpenCLIP model name (e.g. ViT-H-14) for a raw checkpoint")
+    parser.add_argument("--hf-text-config", metavar="PATH",
+                        help="config.json (or its folder) of an OpenCLIP model's Hugging Face text encoder "
+                             "(text_cfg.hf_model_name), when the source folder has no config.json")
     parser.add_argument("--dtype", choices=tuple(DTYPES),
                         help="weights dtype (default: the source's, or float32 when it mixes dtypes)")
     parser.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE, metavar="SIZE",
@@ -47,6 +52,7 @@ def run(args) -> int:
         to=args.to,
         openclip_config=args.openclip_config,
         openclip_model=args.openclip_model,
+        hf_text_config=args.hf_text_config,
         dtype=args.dtype,
         max_shard_size=args.max_shard_size,
         verify=args.verify,

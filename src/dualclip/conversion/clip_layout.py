@@ -47,17 +47,18 @@ Transform = None | str | tuple
 
 @dataclass
 class ShapeFacts:
-    """Architecture sizes read from the tensor shapes of an OpenAI-layout state dict."""
+    """Architecture sizes read from the tensor shapes of an OpenAI-layout state dict (the text fields keep their
+    defaults when only the image tower is in that layout)."""
 
-    text_prefix: str
-    vocab_size: int
-    context_length: int
-    text_width: int
-    text_layers: int
-    text_intermediate: int
     embed_dim: int
-    text_projection_bias: bool
-    text_layer_scale: bool
+    text_prefix: str = ""
+    vocab_size: int = 0
+    context_length: int = 0
+    text_width: int = 0
+    text_layers: int = 0
+    text_intermediate: int = 0
+    text_projection_bias: bool = False
+    text_layer_scale: bool = False
     backbone: str = "none"  # "vit", "resnet", or "none": the image tower is not in OpenAI's layout (timm's)
     image_size: int = 0
     num_channels: int = 3
@@ -88,30 +89,35 @@ def text_prefix_of(keys) -> str:
     return "text." if any(k.startswith("text.") for k in keys) else ""
 
 
-def shape_facts(tensors, vision: bool = True) -> ShapeFacts:
+def shape_facts(tensors, vision: bool = True, text: bool = True) -> ShapeFacts:
     """Reads the architecture from the shapes of an OpenAI-layout state dict (as OpenAI's `build_model` does);
-    with `vision=False`, the text tower's alone (`backbone="none"`)."""
+    with `vision=False`, the text tower's alone (`backbone="none"`); with `text=False`, the image tower's alone (its
+    projection gives `embed_dim`)."""
     keys = tensors.keys()
     shape = tensors.shape
-    t = text_prefix_of(keys)
+    t = text_prefix_of(keys) if text else ""
     try:
-        projection = f"{t}text_projection" if f"{t}text_projection" in tensors else f"{t}text_projection.weight"
-        proj_bias = projection.endswith(".weight")
-        embed_dim = shape(projection)[0 if proj_bias else 1]
-        text_width = shape(f"{t}ln_final.weight")[0]
-        facts = dict(
-            text_prefix=t,
-            vocab_size=shape(f"{t}token_embedding.weight")[0],
-            context_length=shape(f"{t}positional_embedding")[0],
-            text_width=text_width,
-            text_layers=count_indices(keys, f"{t}transformer.resblocks."),
-            text_intermediate=shape(f"{t}transformer.resblocks.0.mlp.c_fc.weight")[0],
-            embed_dim=embed_dim,
-            text_projection_bias=proj_bias,
-            text_layer_scale=f"{t}transformer.resblocks.0.ls_1.gamma" in tensors,
-            logit_bias="logit_bias" in tensors,
-            text_class_token=f"{t}cls_emb" in tensors,
-        )
+        if text:
+            projection = f"{t}text_projection" if f"{t}text_projection" in tensors else f"{t}text_projection.weight"
+            proj_bias = projection.endswith(".weight")
+            embed_dim = shape(projection)[0 if proj_bias else 1]
+            text_width = shape(f"{t}ln_final.weight")[0]
+            facts = dict(
+                text_prefix=t,
+                vocab_size=shape(f"{t}token_embedding.weight")[0],
+                context_length=shape(f"{t}positional_embedding")[0],
+                text_width=text_width,
+                text_layers=count_indices(keys, f"{t}transformer.resblocks."),
+                text_intermediate=shape(f"{t}transformer.resblocks.0.mlp.c_fc.weight")[0],
+                embed_dim=embed_dim,
+                text_projection_bias=proj_bias,
+                text_layer_scale=f"{t}transformer.resblocks.0.ls_1.gamma" in tensors,
+                logit_bias="logit_bias" in tensors,
+                text_class_token=f"{t}cls_emb" in tensors,
+            )
+        else:
+            image_projection = ("visual.proj", 1) if "visual.proj" in tensors else ("visual.attnpool.c_proj.weight", 0)
+            facts = dict(embed_dim=shape(image_projection[0])[image_projection[1]], logit_bias="logit_bias" in tensors)
         if not vision:
             facts.update(backbone="none")
         elif "visual.proj" in tensors:
@@ -191,6 +197,43 @@ def text_config_dict(
     )
 
 
+def vision_config_dict(
+    facts: ShapeFacts,
+    *,
+    vision_heads: int,
+    vision_hidden_act: str,
+    vision_layer_norm_eps: float = 1e-5,
+    vision_layer_scale_init_value: float | None = None,
+    vision_pooling: str = "class_token",
+    attention_pool_heads: int = 8,
+) -> dict:
+    """Image tower config arguments (`DualClipVisionConfig`, or `DualClipResNetConfig`'s with its `model_type`) for
+    the image tower of `facts` and the choices shapes cannot tell (ResNet towers use ReLU regardless)."""
+    vision = dict(
+        hidden_size=facts.vision_hidden_size,
+        projection_dim=facts.embed_dim,
+        num_attention_heads=vision_heads,
+        num_channels=facts.num_channels,
+        image_size=facts.image_size,
+    )
+    if facts.backbone == "vit":
+        vision.update(
+            hidden_act=vision_hidden_act,
+            layer_norm_eps=vision_layer_norm_eps,
+            intermediate_size=facts.vision_intermediate,
+            num_hidden_layers=facts.vision_layers,
+            patch_size=facts.patch_size,
+            pre_norm=facts.pre_norm,
+            layer_scale_init_value=vision_layer_scale_init_value if facts.vision_layer_scale else None,
+            pooling=vision_pooling,
+            attention_pool_heads=attention_pool_heads,
+        )
+    else:
+        vision.update(model_type=DualClipResNetConfig.model_type, resnet_layers=facts.resnet_layers,
+                      resnet_width=facts.vision_width)
+    return vision
+
+
 def build_config(
     facts: ShapeFacts,
     *,
@@ -221,28 +264,11 @@ def build_config(
         eos_token_id=eos_token_id, bos_token_id=bos_token_id, pad_token_id=pad_token_id, causal_mask=causal_mask,
         layer_scale_init_value=text_layer_scale_init_value,
     )
-    vision = dict(
-        hidden_size=facts.vision_hidden_size,
-        projection_dim=facts.embed_dim,
-        num_attention_heads=vision_heads,
-        num_channels=facts.num_channels,
-        image_size=facts.image_size,
+    vision = vision_config_dict(
+        facts, vision_heads=vision_heads, vision_hidden_act=vision_hidden_act or hidden_act,
+        vision_layer_norm_eps=vision_layer_norm_eps, vision_layer_scale_init_value=vision_layer_scale_init_value,
+        vision_pooling=vision_pooling, attention_pool_heads=attention_pool_heads,
     )
-    if facts.backbone == "vit":
-        vision.update(
-            hidden_act=vision_hidden_act or hidden_act,
-            layer_norm_eps=vision_layer_norm_eps,
-            intermediate_size=facts.vision_intermediate,
-            num_hidden_layers=facts.vision_layers,
-            patch_size=facts.patch_size,
-            pre_norm=facts.pre_norm,
-            layer_scale_init_value=vision_layer_scale_init_value if facts.vision_layer_scale else None,
-            pooling=vision_pooling,
-            attention_pool_heads=attention_pool_heads,
-        )
-    else:
-        vision.update(model_type=DualClipResNetConfig.model_type, resnet_layers=facts.resnet_layers,
-                      resnet_width=facts.vision_width)
     try:
         return DualClipConfig(
             text_config=text,

@@ -19,6 +19,7 @@ from .hf import (
     read_folder_config,
     read_folder_weights,
 )
+from .hf_text import convert_hf_text_model, hf_text_model_name, read_encoder_config
 from .openai import OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD, architecture_name, openai_config
 from .openclip import (
     HUB_CONFIG_NAME,
@@ -210,7 +211,8 @@ def _openclip_tokenizer(src: Path, model_cfg: dict, text_config):
 
     def write(folder):
         return save_carried_tokenizer(
-            folder, src if src.is_dir() else None, model_max_length=text_config.max_position_embeddings,
+            # OpenCLIP's tokenizer length (CLIPTextCfg's default 77): a Hugging Face encoder takes longer inputs.
+            folder, src if src.is_dir() else None, model_max_length=text.get("context_length", 77),
             # OpenCLIP's HFTokenizer: "whitespace" cleaning unless told, every caption padded to the context length.
             text_cleaning=kwargs.get("clean", "whitespace"), pad_to_max_length=True,
             strip_sep_token=bool(kwargs.get("strip_sep_token", False)),
@@ -219,11 +221,16 @@ def _openclip_tokenizer(src: Path, model_cfg: dict, text_config):
     return write
 
 
-def convert_openclip_tensors(model_cfg: dict, source, dtype: torch.dtype, progress: bool = False):
+def convert_openclip_tensors(model_cfg: dict, source, dtype: torch.dtype, progress: bool = False, hf_text_config=None):
     """`(config, tensors, architecture, notes)`: an OpenCLIP model config checked against the tensors of `source` (a
     `TensorSource`, emptied) and the tensors in dualclip's layout, cast to `dtype`. Writes nothing; raises
-    `ConversionError` naming what dualclip cannot express."""
+    `ConversionError` naming what dualclip cannot express. `hf_text_config`: the config of a Hugging Face text
+    encoder (`text_cfg.hf_model_name`; see `hf_text.read_encoder_config`)."""
     notes = []
+    if hf_text_model_name(model_cfg):
+        config, tensors, family = convert_hf_text_model(model_cfg, source, read_encoder_config(None, hf_text_config),
+                                                        dtype)
+        return config, tensors, f"{family} ({describe_towers(config, 'DualClipModel')})", notes
     if timm_model_name(model_cfg):
         config, tensors, family = convert_timm_tower_model(model_cfg, source)
         tensors = {key: value.to(dtype) if value.is_floating_point() else value for key, value in tensors.items()}
@@ -239,10 +246,16 @@ def convert_openclip_tensors(model_cfg: dict, source, dtype: torch.dtype, progre
     return config, tensors, architecture_name(facts), notes
 
 
-def _convert_openclip(src: Path, checkpoint: Checkpoint, output: OutputOptions, dtype, model_cfg, preprocess, name):
+def _convert_openclip(
+    src: Path, checkpoint: Checkpoint, output: OutputOptions, dtype, model_cfg, preprocess, name, hf_text_config=None
+):
+    if hf_text_config is not None and not hf_text_model_name(model_cfg):
+        raise ConversionError("--hf-text-config applies to OpenCLIP models whose text tower is a Hugging Face model "
+                              f"(text_cfg.hf_model_name); {name} has none")
+    encoder_config = read_encoder_config(src, hf_text_config) if hf_text_model_name(model_cfg) else None
     target = resolve_dtype(dtype, checkpoint.tensors.float_dtypes())
     config, tensors, architecture, notes = convert_openclip_tensors(model_cfg, checkpoint.tensors, target,
-                                                                    output.progress)
+                                                                    output.progress, encoder_config)
     architecture = f"{name}: {architecture}"
     image, image_note = image_processor_settings(**image_settings(model_cfg, preprocess))
     if image_note:
@@ -256,7 +269,7 @@ def _convert_openclip(src: Path, checkpoint: Checkpoint, output: OutputOptions, 
     weights_path = checkpoint.path
 
     def verifier(folder, written_dtype):
-        return verify_openclip(weights_path, model_cfg, folder, written_dtype)
+        return verify_openclip(weights_path, model_cfg, folder, written_dtype, hf_text_config=encoder_config)
 
     return write_dualclip_folder(
         output,
@@ -288,6 +301,7 @@ def convert_openclip_checkpoint(
     verify=False,
     overwrite=False,
     progress=False,
+    hf_text_config=None,
 ) -> ConversionResult:
     """Converts an OpenCLIP checkpoint to a dualclip folder.
 
@@ -296,8 +310,10 @@ def convert_openclip_checkpoint(
     a plain state dict), whose architecture then comes from `model_config` (a model-config JSON path, a hub
     `open_clip_config.json`, or the dict itself) or `model_name` (a standard OpenCLIP model such as `"ViT-H-14"`, read
     from the installed `open_clip` package's `model_configs/` without importing it). Options dualclip cannot express
-    raise `ConversionError` naming the option. Other arguments as in [`convert_openai_checkpoint`] (`verify` compares
-    with `open_clip`).
+    raise `ConversionError` naming the option. A model whose text tower is a Hugging Face encoder
+    (`text_cfg.hf_model_name`) needs that encoder's config: `config.json` in the `src` folder, or `hf_text_config` (a
+    `config.json` path, a folder holding one, or the dict). Other arguments as in [`convert_openai_checkpoint`]
+    (`verify` compares with `open_clip`).
     """
     src = Path(src)
     if not src.exists():
@@ -306,7 +322,7 @@ def convert_openclip_checkpoint(
     model_cfg, preprocess, name = _openclip_model_config(src, model_config, model_name)
     weights = _openclip_weights(src) if src.is_dir() else src
     checkpoint = read_checkpoint(weights, progress)
-    return _convert_openclip(src, checkpoint, output, dtype, model_cfg, preprocess, name)
+    return _convert_openclip(src, checkpoint, output, dtype, model_cfg, preprocess, name, hf_text_config)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -382,12 +398,13 @@ def convert_checkpoint(
     verify=False,
     overwrite=False,
     progress=False,
+    hf_text_config=None,
 ) -> ConversionResult:
     """Converts `src` to a dualclip folder `out` (or, with `to="hf"`, a dualclip folder to transformers CLIP).
 
     `source` is `"openai"`, `"openclip"` or `"hf"`; detected when `None` (an OpenCLIP config or model name implies
-    `"openclip"`). See [`convert_openai_checkpoint`], [`convert_openclip_checkpoint`], [`convert_hf_clip`] and
-    [`export_to_hf_clip`] for the arguments.
+    `"openclip"`, as does `hf_text_config`). See [`convert_openai_checkpoint`], [`convert_openclip_checkpoint`],
+    [`convert_hf_clip`] and [`export_to_hf_clip`] for the arguments.
     """
     options = dict(dtype=dtype, max_shard_size=max_shard_size, verify=verify, overwrite=overwrite, progress=progress)
     if to not in ("dualclip", "hf"):
@@ -401,9 +418,10 @@ def convert_checkpoint(
         if source is not None:
             raise ConversionError("--to hf exports a dualclip folder; --from does not apply")
         return export_to_hf_clip(src, out, **options)
-    if openclip_config is not None or openclip_model is not None:
+    if openclip_config is not None or openclip_model is not None or hf_text_config is not None:
         if source not in (None, "openclip"):
-            raise ConversionError(f"--openclip-config/--openclip-model apply to --from openclip, not --from {source}")
+            raise ConversionError(f"--openclip-config/--openclip-model/--hf-text-config apply to --from openclip, "
+                                  f"not --from {source}")
         source = "openclip"
 
     if src.is_dir():
@@ -416,19 +434,21 @@ def convert_checkpoint(
             raise ConversionError(f"--from {source} expects {expected}, but {src} is {_KIND_NAMES[kind]}")
         if kind == "hf":
             return convert_hf_clip(src, out, **options)
-        return convert_openclip_checkpoint(src, out, model_config=openclip_config, model_name=openclip_model, **options)
+        return convert_openclip_checkpoint(src, out, model_config=openclip_config, model_name=openclip_model,
+                                           hf_text_config=hf_text_config, **options)
 
     if source == "hf":
         raise ConversionError(f"--from hf expects a transformers CLIP folder, but {src} is a file")
     output = output_options(out, overwrite, max_shard_size, verify, progress, [src])
     if source == "openclip":
         model_cfg, preprocess, name = _openclip_model_config(src, openclip_config, openclip_model)
-        return _convert_openclip(src, read_checkpoint(src, progress), output, dtype, model_cfg, preprocess, name)
+        return _convert_openclip(src, read_checkpoint(src, progress), output, dtype, model_cfg, preprocess, name,
+                                 hf_text_config)
     checkpoint = read_checkpoint(src, progress)
     kind = source or _checkpoint_kind(checkpoint)
     if kind == "openclip":
         model_cfg, preprocess, name = _openclip_model_config(src, openclip_config, openclip_model)
-        return _convert_openclip(src, checkpoint, output, dtype, model_cfg, preprocess, name)
+        return _convert_openclip(src, checkpoint, output, dtype, model_cfg, preprocess, name, hf_text_config)
     return _convert_openai(checkpoint, output, dtype)
 
 

@@ -8,6 +8,7 @@ from ..configuration_dualclip import DualClipConfig
 from ..modeling_dualclip_siglip import DualClipSiglipTextConfig, DualClipSiglipVisionConfig
 from .building import build_model, convert_tensors, resolve_dtype
 from .errors import ConversionError
+from .hf_text import refuse_stock_export
 from .hf import (
     DUALCLIP_TO_CLIP,
     stock_fields,
@@ -121,6 +122,7 @@ def export_to_hf_clip(
     output = output_options(out, overwrite, max_shard_size, verify, progress, [src])
     config_dict = read_folder_config(src)
     config = dualclip_config_from_folder(src, config_dict)
+    refuse_stock_export(config)
     source = read_folder_weights(src, progress)
     dual_name = model_class_name(config_dict, source.keys())
     dual_class = getattr(modeling_dualclip, dual_name)

@@ -12,7 +12,14 @@ from pathlib import Path
 
 from ..configuration_dualclip import DualClipConfig
 from ..configuration_dualclip_base import OPENAI_VOCAB_SIZE
-from .clip_layout import CAPTIONING_DECODER_PREFIX, ShapeFacts, build_config, shape_facts, text_config_dict
+from .clip_layout import (
+    CAPTIONING_DECODER_PREFIX,
+    ShapeFacts,
+    build_config,
+    shape_facts,
+    text_config_dict,
+    vision_config_dict,
+)
 from .errors import ConversionError
 from .openai import OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD, openai_text_tokens
 
@@ -140,13 +147,39 @@ def expect(name: str, configured, found) -> None:
 def openclip_config(model_cfg: dict, tensors) -> tuple[DualClipConfig, ShapeFacts]:
     """The dualclip config of an OpenCLIP model, from its model config checked against the checkpoint's shapes."""
     check_openclip_options(model_cfg, text_handled=CARRIED_TOKENIZER_OPTIONS)
-    vision = model_cfg["vision_cfg"]
     facts = shape_facts(tensors)
-    quick_gelu = bool(model_cfg.get("quick_gelu", False))
-
-    # OpenCLIP's defaults (CLIPVisionCfg / CLIPTextCfg) for what the JSON leaves out.
     decoder = any(key.startswith(CAPTIONING_DECODER_PREFIX) for key in tensors.keys())
     expect("multimodal_cfg (CoCa's captioning decoder)", "multimodal_cfg" in model_cfg, decoder)
+    vision_settings = _vision_settings(model_cfg, facts)
+    text_settings = _text_settings(model_cfg, facts)
+    logit_bias = model_cfg.get("init_logit_bias")
+    config = build_config(
+        facts,
+        text_heads=text_settings.pop("text_heads"),
+        text_layer_norm_eps=text_settings.pop("layer_norm_eps"),
+        text_layer_scale_init_value=text_settings.pop("layer_scale_init_value"),
+        logit_bias_init_value=None if logit_bias is None else float(logit_bias),
+        # SigLIP-style models are the ones initialised with a logit bias.
+        loss_type="infonce" if logit_bias is None else "sigmoid",
+        **vision_settings,
+        **text_settings,
+    )
+    return config, facts
+
+
+def openclip_vision_tower(model_cfg: dict, tensors) -> tuple[dict, ShapeFacts]:
+    """`(image tower config arguments, facts)` for OpenCLIP's own image tower of a model whose text tower is not in
+    OpenAI's layout (a Hugging Face encoder), checked against the shapes of its image tensors."""
+    facts = shape_facts(tensors, text=False)
+    expect("embed_dim", model_cfg["embed_dim"], facts.embed_dim)
+    return vision_config_dict(facts, **_vision_settings(model_cfg, facts)), facts
+
+
+def _vision_settings(model_cfg: dict, facts: ShapeFacts) -> dict:
+    """`vision_config_dict` arguments from OpenCLIP's `vision_cfg` (its defaults: `CLIPVisionCfg`), checked against
+    the shapes."""
+    vision = model_cfg["vision_cfg"]
+    quick_gelu = bool(model_cfg.get("quick_gelu", False))
     expect("vision_cfg.attentional_pool", vision.get("attentional_pool", False) is not False,
            facts.vision_attention_pool)
     resnet = isinstance(vision.get("layers", 12), (list, tuple))
@@ -167,26 +200,14 @@ def openclip_config(model_cfg: dict, tensors) -> tuple[DualClipConfig, ShapeFact
         expect("vision_cfg.no_ln_pre", bool(vision.get("no_ln_pre", False)), not facts.pre_norm)
         expect("vision_cfg.ls_init_value", vision.get("ls_init_value") is not None, facts.vision_layer_scale)
         vision_heads = facts.vision_width // head_width
-
-    text_settings = _text_settings(model_cfg, facts)
-    logit_bias = model_cfg.get("init_logit_bias")
-    config = build_config(
-        facts,
-        vision_pooling=_vision_pooling(vision, resnet),
-        attention_pool_heads=vision.get("attn_pooler_heads", 8),
-        text_heads=text_settings.pop("text_heads"),
-        text_layer_norm_eps=text_settings.pop("layer_norm_eps"),
-        text_layer_scale_init_value=text_settings.pop("layer_scale_init_value"),
+    return dict(
         vision_heads=vision_heads,
         vision_hidden_act=activation(vision, quick_gelu, "vision_cfg."),
         vision_layer_norm_eps=layer_norm_eps(vision, "vision_cfg."),
         vision_layer_scale_init_value=vision.get("ls_init_value"),
-        logit_bias_init_value=None if logit_bias is None else float(logit_bias),
-        # SigLIP-style models are the ones initialised with a logit bias.
-        loss_type="infonce" if logit_bias is None else "sigmoid",
-        **text_settings,
+        vision_pooling=_vision_pooling(vision, resnet),
+        attention_pool_heads=vision.get("attn_pooler_heads", 8),
     )
-    return config, facts
 
 
 def openclip_text_tower(model_cfg: dict, tensors) -> tuple[dict, ShapeFacts]:

@@ -119,7 +119,8 @@ def openclip_siglip_to_siglip_state_dict(state_dict: dict[str, torch.Tensor]) ->
     `ConversionError` naming every key it cannot place.
     """
     out: dict[str, torch.Tensor] = {}
-    if not any(key.startswith("text.text_projection") for key in state_dict):
+    # (Without OpenCLIP's text tower, e.g. beside a Hugging Face text encoder, only the image tower is mapped.)
+    if "text.ln_final.weight" in state_dict and not any(key.startswith("text.text_projection") for key in state_dict):
         width = state_dict["text.ln_final.weight"].shape[0]
         reference = state_dict["text.ln_final.weight"]
         out["text_model.head.weight"] = torch.eye(width, dtype=reference.dtype, device=reference.device)
@@ -178,11 +179,9 @@ def openclip_siglip_to_siglip_state_dict(state_dict: dict[str, torch.Tensor]) ->
     return out
 
 
-def siglip_config(model_cfg: dict, tensors) -> DualClipConfig:
-    """The dualclip config of an OpenCLIP SigLIP model (a timm `vit_*_siglip_*` image tower and OpenCLIP's text
-    tower), from its model config checked against the checkpoint's tensor shapes (`tensors.shape(name)`)."""
-    check_openclip_options(model_cfg, TIMM_VISION_OPTIONS, CARRIED_TOKENIZER_OPTIONS | {"proj_type"})
-    vision, text = model_cfg["vision_cfg"], model_cfg["text_cfg"]
+def siglip_vision_config(vision: dict, tensors) -> DualClipSiglipVisionConfig:
+    """The SigLIP image tower of an OpenCLIP model (`vision_cfg` naming a timm `vit_*_siglip_*` tower), checked
+    against the checkpoint's tensor shapes (`tensors.shape(name)`)."""
     timm_name = vision["timm_model_name"]
     architecture = SIGLIP_VISION_ARCHITECTURES.get(timm_name)
     if architecture is None:
@@ -200,6 +199,16 @@ def siglip_config(model_cfg: dict, tensors) -> DualClipConfig:
     expect("the timm tower's depth", architecture["num_hidden_layers"], count_indices(tensors.keys(), "visual.trunk.blocks."))
     expect("the timm tower's MLP width", architecture["intermediate_size"], shape("visual.trunk.blocks.0.mlp.fc1.weight")[0])
     expect("vision_cfg.image_size (patch grid)", (image_size // patch) ** 2, shape("visual.trunk.pos_embed")[1])
+    return DualClipSiglipVisionConfig(**{**architecture, "image_size": image_size}, num_channels=3, layer_norm_eps=1e-6)
+
+
+def siglip_config(model_cfg: dict, tensors) -> DualClipConfig:
+    """The dualclip config of an OpenCLIP SigLIP model (a timm `vit_*_siglip_*` image tower and OpenCLIP's text
+    tower), from its model config checked against the checkpoint's tensor shapes (`tensors.shape(name)`)."""
+    check_openclip_options(model_cfg, TIMM_VISION_OPTIONS, CARRIED_TOKENIZER_OPTIONS | {"proj_type"})
+    text = model_cfg["text_cfg"]
+    vision_config = siglip_vision_config(model_cfg["vision_cfg"], tensors)
+    shape = tensors.shape
 
     if text.get("pool_type", "argmax") != "last" or not text.get("no_causal_mask", False):
         raise ConversionError("unsupported OpenCLIP text tower for a SigLIP model: the SigLIP family needs "
@@ -217,7 +226,7 @@ def siglip_config(model_cfg: dict, tensors) -> DualClipConfig:
     expect("text_cfg.mlp_ratio (MLP width)", text_mlp, shape("text.transformer.resblocks.0.mlp.c_fc.weight")[0])
     embed_dim = model_cfg["embed_dim"]
     expect("embed_dim", embed_dim, shape("text.text_projection.weight")[0] if proj_type == "linear" else text_width)
-    expect("embed_dim (the image tower's width)", embed_dim, width)
+    expect("embed_dim (the image tower's width)", embed_dim, vision_config.hidden_size)
     expect("init_logit_bias", model_cfg.get("init_logit_bias") is not None, "logit_bias" in tensors)
 
     text_config = DualClipSiglipTextConfig(
@@ -230,9 +239,6 @@ def siglip_config(model_cfg: dict, tensors) -> DualClipConfig:
         # big_vision and OpenCLIP trained these towers attending to the padding.
         mask_padding=False,
     )
-    vision_config = DualClipSiglipVisionConfig(
-        **{**architecture, "image_size": image_size}, num_channels=3, layer_norm_eps=1e-6,
-    )
     return DualClipConfig(
         text_config=text_config, vision_config=vision_config, projection_dim=embed_dim,
         logit_bias_init_value=float(model_cfg.get("init_logit_bias", -10.0)), logit_scale_max=None,
@@ -240,4 +246,6 @@ def siglip_config(model_cfg: dict, tensors) -> DualClipConfig:
     )
 
 
-__all__ = ["SIGLIP_VISION_ARCHITECTURES", "openclip_siglip_to_siglip_state_dict", "siglip_config"]
+__all__ = [
+    "SIGLIP_VISION_ARCHITECTURES", "openclip_siglip_to_siglip_state_dict", "siglip_config", "siglip_vision_config",
+]

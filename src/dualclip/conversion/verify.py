@@ -9,7 +9,10 @@ precision of the converted weights.
 """
 
 import copy
+import json
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch.nn import functional as F
@@ -53,10 +56,11 @@ class Verification:
 
 def verification_inputs(text_config=None, vision_config=None, seed: int = 0):
     """`(pixel_values, input_ids)`: two images of Gaussian noise and two token rows (one full-length, one short and
-    padded with zeros); `None` for a tower whose config is not given.
+    padded with the tower's `pad_token_id`, 0 when it has none); `None` for a tower whose config is not given.
 
-    Rows are `[BOS] tokens [EOS] 0...`, with token ids below the end-of-text id so that every pooling rule (first
-    EOS, argmax, last) has a well-defined answer.
+    Rows are `[BOS] tokens [EOS] pad...`, with token ids below the end-of-text id so that every pooling rule (first
+    EOS, argmax, last) has a well-defined answer, and above the special ids at the start of a vocabulary (RoBERTa,
+    XLM-R, NLLB: `<s>` 0, `<pad>` 1, `</s>` 2).
     """
     generator = torch.Generator().manual_seed(seed)
     pixel_values = input_ids = None
@@ -71,12 +75,15 @@ def verification_inputs(text_config=None, vision_config=None, seed: int = 0):
         eos = text_config.eos_token_id if getattr(text_config, "pooling", "last") in ("eos", "first_eos") else vocab - 1
         bos = text_config.bos_token_id
         bos = bos if bos is not None and bos < eos else None
-        high = max(2, min(eos, bos) if bos is not None else eos)
+        pad = getattr(text_config, "pad_token_id", None) or 0
+        specials = {i for i in (bos, eos, text_config.eos_token_id, pad) if isinstance(i, int)}
+        low = 1 + max((i for i in specials if i < vocab // 2), default=0)
+        high = max(low + 1, min((i for i in specials if i >= vocab // 2), default=vocab))
         rows = []
         for count in (length - 2, min(3, length - 2)):
-            tokens = torch.randint(1, high, (count + (bos is None),), generator=generator).tolist()
+            tokens = torch.randint(low, high, (count + (bos is None),), generator=generator).tolist()
             row = ([bos] if bos is not None else []) + tokens + [eos]
-            rows.append(row + [0] * (length - len(row)))
+            rows.append(row + [pad] * (length - len(row)))
         input_ids = torch.tensor(rows, dtype=torch.long)
     return pixel_values, input_ids
 
@@ -141,8 +148,9 @@ def verify_openai(state_dict: dict, folder, dtype: torch.dtype) -> Verification:
     return _result(reference_name, _dual_outputs(ours, pixel_values, input_ids), expected, dtype)
 
 
-def verify_openclip(checkpoint_path, model_cfg: dict, folder, dtype: torch.dtype) -> Verification:
-    """Compares the converted folder with open_clip's model built from `model_cfg` and loaded from the checkpoint."""
+def verify_openclip(checkpoint_path, model_cfg: dict, folder, dtype: torch.dtype, hf_text_config=None) -> Verification:
+    """Compares the converted folder with open_clip's model built from `model_cfg` and loaded from the checkpoint
+    (`hf_text_config`: the config dict of its Hugging Face text encoder, for `text_cfg.hf_model_name`)."""
     reference_name = "open_clip"
     try:
         import open_clip
@@ -151,7 +159,9 @@ def verify_openclip(checkpoint_path, model_cfg: dict, folder, dtype: torch.dtype
         return _unavailable(reference_name, "open_clip", error)
     reference_name = f"open_clip {getattr(open_clip, '__version__', '')}".strip()
     cfg = copy.deepcopy(model_cfg)
-    model_class = CustomTextCLIP if cfg.pop("custom_text", False) else CLIP
+    encoder_folder = _local_hf_text_config(cfg, hf_text_config)  # noqa: F841  (kept until open_clip has read it)
+    # open_clip's factory: a Hugging Face text tower makes a CustomTextCLIP.
+    model_class = CustomTextCLIP if cfg.pop("custom_text", False) or "hf_model_name" in cfg["text_cfg"] else CLIP
     if "multimodal_cfg" in cfg:
         from open_clip.coca_model import CoCa as model_class
     reference = model_class(**cfg).float().eval()
@@ -172,6 +182,18 @@ def verify_openclip(checkpoint_path, model_cfg: dict, folder, dtype: torch.dtype
             logits = logits + reference.logit_bias
     expected = {"image_embeds": image, "text_embeds": text, "logits_per_image": logits}
     return _result(reference_name, _dual_outputs(ours, pixel_values, input_ids), expected, dtype)
+
+
+def _local_hf_text_config(cfg: dict, hf_text_config: dict | None):
+    """open_clip reads a Hugging Face text tower's config by name from the hub: points `cfg` at a local copy of
+    `hf_text_config` instead (random weights, loaded from the checkpoint after). Returns the temporary folder, which
+    lives as long as the caller keeps it, or `None`."""
+    if hf_text_config is None:
+        return None
+    folder = tempfile.TemporaryDirectory(prefix="dualclip-hf-text-")
+    (Path(folder.name) / "config.json").write_text(json.dumps(hf_text_config), encoding="utf-8")
+    cfg["text_cfg"] = dict(cfg["text_cfg"], hf_model_name=folder.name, hf_model_pretrained=False)
+    return folder
 
 
 def _all_outputs(model, inputs: dict) -> dict:
