@@ -26,7 +26,8 @@ Module names are timm's inside each block (`conv_kxk.0.conv`, `conv_scale.bn`, `
 `se.fc1`, `token_mixer.mixer`, `layer_scale.gamma`, `mlp.conv.bn`, …), with dualclip's names for the tower's parts:
 `embeddings.layers.N` (timm's `stem.N`), `stages.N.downsample.large_kernel` / `.pointwise` (`downsample.proj.0` /
 `.1`), `stages.N.position_encoding` (`pos_emb`), and the attention's separate `q_proj`/`k_proj`/`v_proj`/`out_proj`
-(timm's fused `qkv` and `proj`). Attention runs on transformers' attention interface.
+(timm's fused `qkv` and `proj`). Attention runs on transformers' attention interface; the channels-first
+LayerNorm is transformers' `ConvNextLayerNorm`, which computes timm's `LayerNorm2d`.
 """
 
 from collections.abc import Callable
