@@ -5,24 +5,25 @@ and depth (timm's own `ConvNeXt`, with every flag of the released timm function)
 runs where dualclip is absent."""
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
+from family_checks import (
+    TOLERANCE,
+    assert_round_trips,
+    convert_and_compare_with_openclip,
+    image_features_without_dualclip,
+    relative_error,
+)
 from openclip_timm_refs import openclip_model, register_timm_model, released_model_config
-from tiny_models import LOAD_WITHOUT_DUALCLIP
-from transformers import AutoModel, ConvNextModel
+from transformers import ConvNextModel
 
 import dualclip  # noqa: F401  (registers the Auto classes)
-from dualclip import DualClipConfig, DualClipModel, DualClipVisionModel, DualClipVisionModelWithProjection
+from dualclip import DualClipConfig, DualClipModel, DualClipVisionModelWithProjection
 from dualclip.conversion import ConversionError
 from dualclip.conversion.convnext import CONVNEXT_ARCHITECTURES, convnext_vision_tower
 from dualclip.modeling_dualclip_convnext import DualClipConvNext, DualClipConvNextVisionConfig
 
-TOLERANCE = 1e-5
 # Reduced towers: four stages as released, 16-48 channels, 1-2 blocks each; every other argument (norm eps, image
 # size, OpenCLIP's head) as released.
 DIMS, DEPTHS, EMBED_DIM = [16, 24, 32, 48], [1, 1, 2, 1], 24
@@ -33,10 +34,6 @@ RELEASED = {
     "convnext_large_d": "convnext_large",  # timm_proj 'mlp'
     "convnext_xxlarge": "convnext_xxlarge",  # LayerNorm eps 1e-5 (timm's norm_eps)
 }
-
-
-def relative_error(got, want) -> float:
-    return float((got - want).abs().max() / want.abs().max())
 
 
 def released_timm_arguments(timm_name: str) -> dict:
@@ -305,35 +302,15 @@ def dual_model(**vision) -> DualClipModel:
 
 
 @pytest.mark.parametrize("vision", [{}, dict(projection_type="mlp", layer_norm_eps=1e-5)], ids=["linear", "mlp"])
-@torch.no_grad()
 def test_save_and_auto_model_round_trip(tmp_path, vision):
     model = dual_model(**vision)
-    config = model.config
-    model.save_pretrained(tmp_path)
-    saved = json.loads((tmp_path / "config.json").read_text())
-    assert saved["vision_config"]["model_type"] == "dualclip_convnext_vision_model"
-    assert (tmp_path / "modeling_dualclip_convnext.py").exists()  # for trust_remote_code
-
+    eps = model.config.vision_config.layer_norm_eps
     # The text tower takes the attention implementation asked for; the ConvNeXt tower has none (eager).
-    loaded = AutoModel.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
-    assert type(loaded) is DualClipModel and type(loaded.vision_model) is DualClipConvNext
+    loaded = assert_round_trips(model, tmp_path, "modeling_dualclip_convnext", "DualClipConvNext", pixels(64),
+                                attn_implementation="sdpa")
     assert loaded.text_model.config._attn_implementation == "sdpa"
-    assert loaded.vision_model.config.layer_norm_eps == config.vision_config.layer_norm_eps
-    assert {m.eps for m in loaded.vision_model.modules() if isinstance(m, torch.nn.LayerNorm)} == {
-        config.vision_config.layer_norm_eps}
-    for key, value in model.state_dict().items():
-        assert torch.equal(loaded.state_dict()[key], value), key
-    input_ids = torch.randint(1, 97, (2, 16), generator=torch.Generator().manual_seed(3))
-    input_ids[:, -1] = 98  # EOS
-    images = pixels(64)
-    assert torch.equal(loaded(input_ids=input_ids, pixel_values=images).logits_per_text,
-                       model(input_ids=input_ids, pixel_values=images).logits_per_text)
-
-    vision_model = DualClipVisionModelWithProjection.from_pretrained(tmp_path, config=config.vision_config).eval()
-    assert torch.equal(vision_model.encode_image(images), model.encode_image(images))
-    tower = DualClipVisionModel(config.vision_config).eval()
-    tower.save_pretrained(tmp_path / "tower")
-    assert type(AutoModel.from_pretrained(tmp_path / "tower")) is DualClipVisionModel
+    assert loaded.vision_model.config.layer_norm_eps == eps
+    assert {m.eps for m in loaded.vision_model.modules() if isinstance(m, torch.nn.LayerNorm)} == {eps}
 
 
 def test_seeded_initialisation_is_stock_convnext():
@@ -347,71 +324,23 @@ def test_seeded_initialisation_is_stock_convnext():
     assert set(ours) == set(stock) and all(torch.equal(ours[key], stock[key]) for key in stock)
 
 
-REMOTE_CODE_SCRIPT = LOAD_WITHOUT_DUALCLIP + textwrap.dedent(
-    """
-    with torch.no_grad():
-        features = model.encode_image(torch.load(sys.argv[2]))
-    print(json.dumps({"module": type(model).__module__, "features": features.tolist()}))
-    """
-)
-
-
 @torch.no_grad()
 def test_folder_loads_with_trust_remote_code_without_dualclip(tmp_path):
     model = dual_model(projection_type="mlp", layer_norm_eps=1e-5)
-    model.save_pretrained(tmp_path / "model")
-    torch.save(pixels(64), tmp_path / "pixels.pt")
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_CODE_SCRIPT, str(tmp_path / "model"), str(tmp_path / "pixels.pt")],
-        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert not report["module"].startswith("dualclip")
-    assert torch.equal(torch.tensor(report["features"]), model.encode_image(pixels(64)))
+    features = image_features_without_dualclip(model, tmp_path, pixels(64))
+    assert torch.equal(features, model.get_image_features(pixels(64)).pooler_output)
 
 
 @pytest.mark.parametrize("openclip_name", list(RELEASED))
-@torch.no_grad()
 def test_dualclip_convert_gives_open_clips_features_and_logits(openclip_name, tmp_path):
     """The whole model through `dualclip convert` (an OpenCLIP hub folder: timm's ConvNeXt image tower beside
     OpenCLIP's causal text tower): text features, image features and logits as open_clip's, with the processor's
     mask."""
-    from safetensors.torch import save_file
-
-    from dualclip.conversion import convert_checkpoint
-
     cfg, test_name, arch = reduced(openclip_name)
     reference = openclip_model(f"dualclip-convert-{openclip_name}", cfg)
-    reference.logit_scale.fill_(4.9)
-    folder = tmp_path / "hub"
-    folder.mkdir()
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
-    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, folder / "open_clip_model.safetensors")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(CONVNEXT_ARCHITECTURES, test_name, arch)
-        result = convert_checkpoint(folder, tmp_path / "out", verify=True)
-    assert result.verification.passed, result.verification.summary()
+    result, model, errors = convert_and_compare_with_openclip(reference, cfg, tmp_path, CONVNEXT_ARCHITECTURES,
+                                                              test_name, arch)
     assert "ConvNeXt" in result.architecture
-    model = AutoModel.from_pretrained(tmp_path / "out").eval()
     assert model.config.vision_config.image_size == cfg["vision_cfg"]["image_size"]
-
-    context = cfg["text_cfg"]["context_length"]
-    ids = torch.zeros(2, context, dtype=torch.long)
-    ids[0, :5] = torch.tensor([49406, 320, 1125, 539, 49407])
-    ids[1, :context] = torch.randint(1, 49406, (context,), generator=torch.Generator().manual_seed(1))
-    ids[1, 0], ids[1, -1] = 49406, 49407
-    mask = (ids != 0).long()
-    images = pixels(model.config.vision_config.image_size)
-    want_text, want_image = reference.encode_text(ids), reference.encode_image(images)
-    want_logits = reference.logit_scale.exp() * torch.nn.functional.normalize(want_image, dim=-1) @ (
-        torch.nn.functional.normalize(want_text, dim=-1).t())
-    out = model(input_ids=ids, attention_mask=mask, pixel_values=images)
-    errors = {
-        "text": relative_error(model.encode_text(ids, attention_mask=mask), want_text),
-        "image": relative_error(model.encode_image(images), want_image),
-        "logits": relative_error(out.logits_per_image, want_logits),
-    }
     print(f"\n{openclip_name}: {errors}")
     assert max(errors.values()) < TOLERANCE, errors

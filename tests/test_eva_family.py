@@ -4,24 +4,24 @@ configs at reduced width and depth (timm's own `Eva`, with every flag of the rel
 family saves, loads through AutoModel and runs through every attention implementation alike."""
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
+from family_checks import (
+    TOLERANCE,
+    assert_round_trips,
+    convert_and_compare_with_openclip,
+    image_features_without_dualclip,
+    relative_error,
+)
 from openclip_timm_refs import openclip_model, register_timm_model, released_model_config
-from tiny_models import LOAD_WITHOUT_DUALCLIP
-from transformers import AutoModel
 
 import dualclip  # noqa: F401  (registers the Auto classes)
-from dualclip import DualClipConfig, DualClipModel, DualClipVisionModel, DualClipVisionModelWithProjection
+from dualclip import DualClipConfig, DualClipModel, DualClipVisionModelWithProjection
 from dualclip.conversion import ConversionError
 from dualclip.conversion.eva import EVA_ARCHITECTURES, eva_vision_tower
 from dualclip.modeling_dualclip_eva import DualClipEvaVisionConfig
 
-TOLERANCE = 1e-5
 # Reduced towers: width 32 in 2 heads of 16 (rotary needs a multiple of 4; PE's attention pool keeps its 8 heads of
 # 4), 2 layers; every other argument (image size, patch size, MLP ratio, flags, rotary grid) as released.
 WIDTH, DEPTH, HEADS, EMBED_DIM = 32, 2, 2, 24
@@ -35,10 +35,6 @@ RELEASED = {
     "PE-Core-B-16": "vit_pe_core_base_patch16_224",  # pre-norm, key bias, rotary (xy, offset 1), attention pool
     "PE-Core-bigG-14-448": "vit_pe_core_gigantic_patch14_448",  # ... without class token, offset 0
 }
-
-
-def relative_error(got, want) -> float:
-    return float((got - want).abs().max() / want.abs().max())
 
 
 def released_timm_arguments(timm_name: str) -> dict:
@@ -310,96 +306,23 @@ def dual_model(vision: dict) -> DualClipModel:
 
 
 @pytest.mark.parametrize("vision", [SMALL, PE_SMALL], ids=["eva02", "pe"])
-@torch.no_grad()
 def test_save_and_auto_model_round_trip(tmp_path, vision):
-    model = dual_model(vision)
-    config = model.config
-    model.save_pretrained(tmp_path)
-    saved = json.loads((tmp_path / "config.json").read_text())
-    assert saved["vision_config"]["model_type"] == "dualclip_eva_vision_model"
-    assert (tmp_path / "modeling_dualclip_eva.py").exists()  # for trust_remote_code
-
-    loaded = AutoModel.from_pretrained(tmp_path).eval()
-    assert type(loaded) is DualClipModel and type(loaded.vision_model).__name__ == "DualClipEvaVisionTransformer"
-    for key, value in model.state_dict().items():
-        assert torch.equal(loaded.state_dict()[key], value), key
-    input_ids = torch.randint(1, 97, (2, 16), generator=torch.Generator().manual_seed(3))
-    input_ids[:, -1] = 98  # EOS
-    images = pixels(32)
-    assert torch.equal(loaded(input_ids=input_ids, pixel_values=images).logits_per_text,
-                       model(input_ids=input_ids, pixel_values=images).logits_per_text)
-
-    vision_model = DualClipVisionModelWithProjection.from_pretrained(tmp_path, config=config.vision_config).eval()
-    assert torch.equal(vision_model.encode_image(images), model.encode_image(images))
-    tower = DualClipVisionModel(config.vision_config).eval()
-    tower.save_pretrained(tmp_path / "tower")
-    assert type(AutoModel.from_pretrained(tmp_path / "tower")) is DualClipVisionModel
-
-
-REMOTE_CODE_SCRIPT = LOAD_WITHOUT_DUALCLIP + textwrap.dedent(
-    """
-    with torch.no_grad():
-        features = model.encode_image(torch.load(sys.argv[2]))
-    print(json.dumps({"module": type(model).__module__, "features": features.tolist()}))
-    """
-)
+    assert_round_trips(dual_model(vision), tmp_path, "modeling_dualclip_eva", "DualClipEvaVisionTransformer", pixels(32))
 
 
 @torch.no_grad()
 def test_folder_loads_with_trust_remote_code_without_dualclip(tmp_path):
     model = dual_model(PE_SMALL)
-    model.save_pretrained(tmp_path / "model")
-    torch.save(pixels(32), tmp_path / "pixels.pt")
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_CODE_SCRIPT, str(tmp_path / "model"), str(tmp_path / "pixels.pt")],
-        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert not report["module"].startswith("dualclip")
-    assert torch.equal(torch.tensor(report["features"]), model.encode_image(pixels(32)))
+    features = image_features_without_dualclip(model, tmp_path, pixels(32))
+    assert torch.equal(features, model.get_image_features(pixels(32)).pooler_output)
 
 
 @pytest.mark.parametrize("openclip_name", ["EVA02-B-16", "PE-Core-B-16", "EVA01-g-14"])
-@torch.no_grad()
 def test_dualclip_convert_gives_open_clips_features_and_logits(openclip_name, tmp_path):
     """The whole model through `dualclip convert` (an OpenCLIP hub folder: timm's Eva image tower beside OpenCLIP's
     causal text tower): text features, image features and logits as open_clip's, with the processor's mask."""
-    import json
-
-    from safetensors.torch import save_file
-    from transformers import AutoModel
-
-    from dualclip.conversion import convert_checkpoint
-
     cfg, test_name, arch, _ = reduced(openclip_name)
     reference = openclip_model(f"dualclip-convert-{openclip_name}", cfg)
-    with torch.no_grad():
-        reference.logit_scale.fill_(4.9)
-    folder = tmp_path / "hub"
-    folder.mkdir()
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
-    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, folder / "open_clip_model.safetensors")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(EVA_ARCHITECTURES, test_name, arch)
-        result = convert_checkpoint(folder, tmp_path / "out", verify=True)
-    assert result.verification.passed, result.verification.summary()
-    model = AutoModel.from_pretrained(tmp_path / "out").eval()
-    assert model.config.text_config.mask_padding is False
-
-    context = cfg["text_cfg"]["context_length"]
-    ids = torch.zeros(2, context, dtype=torch.long)
-    ids[0, :5] = torch.tensor([49406, 320, 1125, 539, 49407])
-    ids[1, :context] = torch.randint(1, 49406, (context,), generator=torch.Generator().manual_seed(1))
-    ids[1, 0], ids[1, -1] = 49406, 49407
-    mask = (ids != 0).long()
-    images = pixels(model.config.vision_config.image_size)
-    want_text, want_image = reference.encode_text(ids), reference.encode_image(images)
-    want_logits = reference.logit_scale.exp() * torch.nn.functional.normalize(want_image, dim=-1) @ (
-        torch.nn.functional.normalize(want_text, dim=-1).t())
-    out = model(input_ids=ids, attention_mask=mask, pixel_values=images)
-    assert relative_error(model.encode_text(ids, attention_mask=mask), want_text) < TOLERANCE
-    assert relative_error(model.encode_image(images), want_image) < TOLERANCE
-    assert relative_error(out.logits_per_image, want_logits) < TOLERANCE
+    result, _, errors = convert_and_compare_with_openclip(reference, cfg, tmp_path, EVA_ARCHITECTURES, test_name, arch)
     assert "EVA/PE" in result.architecture
+    assert max(errors.values()) < TOLERANCE, errors

@@ -6,19 +6,15 @@ the FastViT family's own reparameterisation fuses what timm's `reparameterize_mo
 through AutoModel and runs through every attention implementation alike."""
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
+from family_checks import TOLERANCE, image_features_without_dualclip, relative_error
 from openclip_timm_refs import openclip_model, register_timm_model, released_model_config
 from safetensors.torch import save_file
-from tiny_models import LOAD_WITHOUT_DUALCLIP
 from torch.nn import functional as F
 from transformers import AutoModel
 
@@ -28,7 +24,6 @@ from dualclip.conversion import ConversionError, convert_checkpoint
 from dualclip.conversion.fastvit import FASTVIT_ARCHITECTURES, MOBILECLIP_VIT_ARCHITECTURES, fastvit_vision_tower
 from dualclip.modeling_dualclip_fastvit import DualClipFastVitVisionConfig
 
-TOLERANCE = 1e-5
 EMBED_DIM = 24
 TEXT = dict(width=32, heads=2, layers=1)
 # OpenCLIP config -> timm name, one per set of options: MCi0/1/2 share MobileCLIP2-S0's (MobileCLIP-S1/S2,
@@ -46,10 +41,6 @@ REDUCED_FASTVIT = {
     "fastvit_mci3": dict(layers=(1, 1, 2, 1, 2), embed_dims=(8, 16, 32, 64, 128)),
 }
 VIT_WIDTH, VIT_DEPTH, VIT_HEADS = 32, 2, 2
-
-
-def relative_error(got, want) -> float:
-    return float((got - want).abs().max() / want.abs().max())
 
 
 def captured_arguments(module, builder: str, timm_name: str) -> dict:
@@ -547,26 +538,8 @@ def test_save_and_auto_model_round_trip_in_both_forms(tmp_path):
         model.encode_image(pixels(96, batch=1))
 
 
-REMOTE_CODE_SCRIPT = LOAD_WITHOUT_DUALCLIP + textwrap.dedent(
-    """
-    with torch.no_grad():
-        features = model.encode_image(torch.load(sys.argv[2]))
-    print(json.dumps({"module": type(model).__module__, "features": features.tolist()}))
-    """
-)
-
-
 @torch.no_grad()
 def test_folder_loads_with_trust_remote_code_without_dualclip(tmp_path):
     model = dual_model(SMALL)
-    model.save_pretrained(tmp_path / "model")
-    torch.save(pixels(64), tmp_path / "pixels.pt")
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_CODE_SCRIPT, str(tmp_path / "model"), str(tmp_path / "pixels.pt")],
-        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert not report["module"].startswith("dualclip")
-    assert torch.equal(torch.tensor(report["features"]), model.encode_image(pixels(64)))
+    features = image_features_without_dualclip(model, tmp_path, pixels(64))
+    assert torch.equal(features, model.get_image_features(pixels(64)).pooler_output)
