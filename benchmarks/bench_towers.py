@@ -1,7 +1,8 @@
 """Image throughput of OpenCLIP image towers: open_clip's `encode_image` vs dualclip's on the same weights (CPU).
 
-    python benchmarks/bench_towers.py --threads 2                          # convnext_base, batch 16
+    python benchmarks/bench_towers.py --threads 2                          # convnext_base, MobileCLIP-S1, batch 16
     python benchmarks/bench_towers.py --openclip convnext_base MobileCLIP-S1 --batch 16 --rounds 5
+    python benchmarks/bench_towers.py --openclip MobileCLIP-S1 --reparameterize   # both FastViTs fused first
 
 Each named OpenCLIP model is built by `open_clip.create_model` at full size (its own random initialisation, fp32),
 written as an OpenCLIP hub folder (`open_clip_model.safetensors` + `open_clip_config.json`) and converted with
@@ -13,6 +14,10 @@ of wall time, with dualclip's rate over open_clip's from the same run. Each call
 threads) is reported too, as images per CPU-second: on a machine shared with other work, wall time also counts the
 time the threads waited for a core, CPU time does not. The load average is printed before and after. A model
 dualclip cannot convert yet (or open_clip cannot build offline) gets a row with the error instead of figures.
+
+`--reparameterize` times reparameterisable towers (FastViT/MobileCLIP) in their inference-time form on both sides:
+open_clip's timm trunk fused by timm's `reparameterize_model`, dualclip's by `vision_model.reparameterize()`, before
+the agreement check; other towers are timed as they are.
 """
 
 import argparse
@@ -76,7 +81,7 @@ def with_cpu_time(run, samples: list):
     return timed
 
 
-def measure(name: str, workdir: Path, batch: int, rounds: int) -> list[str]:
+def measure(name: str, workdir: Path, batch: int, rounds: int, reparameterize: bool = False) -> list[str]:
     from dualclip.conversion import ConversionError
 
     try:
@@ -84,6 +89,13 @@ def measure(name: str, workdir: Path, batch: int, rounds: int) -> list[str]:
     except (ConversionError, OSError, RuntimeError, ValueError, KeyError) as error:  # not convertible / not buildable
         message = " ".join(f"{type(error).__name__}: {error}".split()).replace("|", "\\|")
         return error_row(name, batch, message)
+    tower = image_tower_name(ours)
+    if reparameterize and hasattr(ours.vision_model, "reparameterize"):
+        from timm.utils.model import reparameterize_model
+
+        reparameterize_model(reference.visual.trunk, inplace=True)
+        ours.vision_model.reparameterize()
+        tower += " (reparameterised)"
     pixels = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want, got = F.normalize(reference.encode_image(pixels), dim=-1), F.normalize(ours.encode_image(pixels), dim=-1)
@@ -99,7 +111,7 @@ def measure(name: str, workdir: Path, batch: int, rounds: int) -> list[str]:
     rates = {contender: batch / seconds for contender, seconds in medians.items()}
     cpu_rates = {contender: batch / statistics.median(samples[WARMUP:]) for contender, samples in cpu.items()}
     return [
-        name, image_tower_name(ours), str(size), str(batch),
+        name, tower, str(size), str(batch),
         f"{rates['OpenCLIP']:.2f}", f"{rates['dualclip']:.2f}", f"{rates['dualclip'] / rates['OpenCLIP']:.2f}x",
         f"{cpu_rates['OpenCLIP']:.2f}", f"{cpu_rates['dualclip']:.2f}",
         f"{cpu_rates['dualclip'] / cpu_rates['OpenCLIP']:.2f}x", f"{difference:.1e}",
@@ -108,10 +120,13 @@ def measure(name: str, workdir: Path, batch: int, rounds: int) -> list[str]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--openclip", nargs="+", default=["convnext_base"], help="OpenCLIP model names")
+    parser.add_argument("--openclip", nargs="+", default=["convnext_base", "MobileCLIP-S1"],
+                        help="OpenCLIP model names")
     parser.add_argument("--batch", type=int, default=16, help="images per call (default 16)")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per contender (median reported)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--reparameterize", action="store_true",
+                        help="time reparameterisable towers (FastViT) fused on both sides")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"Machine: {machine_facts()}", flush=True)
@@ -120,7 +135,7 @@ def main():
     for name in args.openclip:
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as workdir:
-            rows.append(measure(name, Path(workdir), args.batch, args.rounds))
+            rows.append(measure(name, Path(workdir), args.batch, args.rounds, args.reparameterize))
         print(markdown_table(HEADER, rows[-1:]).splitlines()[-1] + f"  ({time.perf_counter() - started:.0f} s)",
               flush=True)
     print("\nLoad average (1, 5, 15 min) after: {:.2f}, {:.2f}, {:.2f}\n".format(*os.getloadavg()))
