@@ -543,3 +543,15 @@ def test_folder_loads_with_trust_remote_code_without_dualclip(tmp_path):
     model = dual_model(SMALL)
     features = image_features_without_dualclip(model, tmp_path, pixels(64))
     assert torch.equal(features, model.get_image_features(pixels(64)).pooler_output)
+
+
+def test_mobileclip_vit_folders_are_not_exported_to_stock_clip(tmp_path):
+    """Stock CLIP has neither MobileCLIP's convolutional stem nor a class token without position embedding."""
+    from dualclip.conversion import export_to_hf_clip
+
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+                  patch_size=16, projection_dim=24, stem="mobileclip", class_position_embedding=False)
+    dual_model(vision).save_pretrained(tmp_path / "model")
+    with pytest.raises(ConversionError, match=r"stem='mobileclip'.*class_position_embedding=False"):
+        export_to_hf_clip(tmp_path / "model", tmp_path / "stock")
+    assert not (tmp_path / "stock").exists()

@@ -155,6 +155,10 @@ def _vision_blockers(vision) -> list[str]:
         blockers.append("LayerScale in the image tower")
     if vision.pooling != "class_token":
         blockers.append(f"image pooling={vision.pooling!r} (stock CLIP pools the class token)")
+    if vision.stem != "patch":
+        blockers.append(f"stem={vision.stem!r} (stock CLIP embeds patches with one convolution)")
+    if not vision.class_position_embedding:
+        blockers.append("class_position_embedding=False (stock CLIP gives the class token a position embedding)")
     return blockers
 
 
