@@ -54,3 +54,19 @@ def released_model_config(name: str) -> dict:
     import open_clip
 
     return json.loads((Path(open_clip.__file__).parent / "model_configs" / f"{name}.json").read_text())
+
+
+def released_timm_arguments(module_name: str, builder: str, timm_name: str) -> dict:
+    """The keyword arguments timm's registered function `timm_name` (in `timm.models.<module_name>`) passes to the
+    module's builder function `builder` (e.g. `_create_eva`), read by intercepting the builder."""
+    import importlib
+
+    module = importlib.import_module(f"timm.models.{module_name}")
+    captured = {}
+    original = getattr(module, builder)
+    setattr(module, builder, lambda variant, pretrained=False, **kwargs: captured.update(kwargs))
+    try:
+        getattr(module, timm_name)()
+    finally:
+        setattr(module, builder, original)
+    return captured

@@ -15,6 +15,7 @@ from family_checks import (
     image_features_without_dualclip,
     relative_error,
 )
+import openclip_timm_refs
 from openclip_timm_refs import openclip_model, register_timm_model, released_model_config
 from transformers import ConvNextModel
 
@@ -37,17 +38,7 @@ RELEASED = {
 
 
 def released_timm_arguments(timm_name: str) -> dict:
-    """The arguments timm's registered function passes to `ConvNeXt` (read by intercepting its builder)."""
-    from timm.models import convnext
-
-    captured = {}
-    original = convnext._create_convnext
-    convnext._create_convnext = lambda variant, pretrained=False, **kwargs: captured.update(kwargs)
-    try:
-        getattr(convnext, timm_name)()
-    finally:
-        convnext._create_convnext = original
-    return captured
+    return openclip_timm_refs.released_timm_arguments("convnext", "_create_convnext", timm_name)
 
 
 def timm_meta_model(timm_name: str):

@@ -14,6 +14,7 @@ from family_checks import (
     image_features_without_dualclip,
     relative_error,
 )
+import openclip_timm_refs
 from openclip_timm_refs import openclip_model, register_timm_model, released_model_config
 
 import dualclip  # noqa: F401  (registers the Auto classes)
@@ -38,17 +39,7 @@ RELEASED = {
 
 
 def released_timm_arguments(timm_name: str) -> dict:
-    """The arguments timm's registered function passes to `Eva` (read by intercepting its builder)."""
-    from timm.models import eva
-
-    captured = {}
-    original = eva._create_eva
-    eva._create_eva = lambda variant, pretrained=False, **kwargs: captured.update(kwargs)
-    try:
-        getattr(eva, timm_name)()
-    finally:
-        eva._create_eva = original
-    return captured
+    return openclip_timm_refs.released_timm_arguments("eva", "_create_eva", timm_name)
 
 
 def timm_meta_model(timm_name: str, pool: str):

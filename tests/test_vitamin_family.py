@@ -17,6 +17,7 @@ from family_checks import (
     image_features_without_dualclip,
     relative_error,
 )
+import openclip_timm_refs
 from openclip_timm_refs import openclip_model, register_timm_model, released_model_config
 
 import dualclip  # noqa: F401  (registers the Auto classes)
@@ -39,17 +40,7 @@ RELEASED = {
 
 
 def released_timm_arguments(timm_name: str) -> dict:
-    """The arguments timm's registered function passes to `_create_vitamin` (read by intercepting it)."""
-    from timm.models import vitamin
-
-    captured = {}
-    original = vitamin._create_vitamin
-    vitamin._create_vitamin = lambda variant, pretrained=False, **kwargs: captured.update(kwargs)
-    try:
-        getattr(vitamin, timm_name)()
-    finally:
-        vitamin._create_vitamin = original
-    return captured
+    return openclip_timm_refs.released_timm_arguments("vitamin", "_create_vitamin", timm_name)
 
 
 def architecture_of(model) -> dict:
