@@ -125,3 +125,20 @@ def image_features_without_dualclip(model, tmp_path, images) -> torch.Tensor:
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert not report["module"].startswith("dualclip")
     return torch.tensor(report["features"])
+
+
+def pixels(size: int, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    """Gaussian-noise images."""
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def image_tower_of(reference, model_cfg: dict, vision_tower, table: dict, test_name: str, arch: dict):
+    """`reference`'s image tower converted by a family's `vision_tower(vision_cfg, embed_dim, tensors)` (with
+    `table[test_name] = arch` for the reduced timm tower), loaded strictly into `DualClipVisionModelWithProjection`."""
+    tensors = {key: value for key, value in reference.state_dict().items() if key.startswith("visual.")}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(table, test_name, arch)
+        config, state = vision_tower(model_cfg["vision_cfg"], model_cfg["embed_dim"], tensors)
+    model = DualClipVisionModelWithProjection(config).eval()
+    model.load_state_dict(state, strict=True)
+    return model

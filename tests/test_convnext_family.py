@@ -13,6 +13,7 @@ from family_checks import (
     assert_round_trips,
     convert_and_compare_with_openclip,
     image_features_without_dualclip,
+    image_tower_of,
     relative_error,
 )
 import openclip_timm_refs
@@ -139,12 +140,7 @@ def converted(request):
     """(name, OpenCLIP model, converted DualClipVisionModelWithProjection)."""
     cfg, test_name, arch = reduced(request.param)
     reference = openclip_model(f"dualclip-test-{request.param}", cfg)
-    tensors = {key: value for key, value in reference.state_dict().items() if key.startswith("visual.")}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(CONVNEXT_ARCHITECTURES, test_name, arch)
-        config, state = convnext_vision_tower(cfg["vision_cfg"], cfg["embed_dim"], tensors)
-    model = DualClipVisionModelWithProjection(config).eval()
-    model.load_state_dict(state, strict=True)
+    model = image_tower_of(reference, cfg, convnext_vision_tower, CONVNEXT_ARCHITECTURES, test_name, arch)
     return request.param, reference, model
 
 

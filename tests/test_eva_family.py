@@ -12,6 +12,8 @@ from family_checks import (
     assert_round_trips,
     convert_and_compare_with_openclip,
     image_features_without_dualclip,
+    image_tower_of,
+    pixels,
     relative_error,
 )
 import openclip_timm_refs
@@ -140,17 +142,8 @@ def converted(request):
     """(OpenCLIP model, converted DualClipVisionModelWithProjection, its config dict, timm arguments)."""
     cfg, test_name, arch, arguments = reduced(request.param)
     reference = openclip_model(f"dualclip-test-{request.param}", cfg)
-    tensors = {key: value for key, value in reference.state_dict().items() if key.startswith("visual.")}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(EVA_ARCHITECTURES, test_name, arch)
-        config, state = eva_vision_tower(cfg["vision_cfg"], cfg["embed_dim"], tensors)
-    model = DualClipVisionModelWithProjection(config).eval()
-    model.load_state_dict(state, strict=True)
+    model = image_tower_of(reference, cfg, eva_vision_tower, EVA_ARCHITECTURES, test_name, arch)
     return request.param, reference, model, arguments
-
-
-def pixels(size, batch=2, seed=0):
-    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 @torch.no_grad()

@@ -15,6 +15,8 @@ from family_checks import (
     assert_round_trips,
     convert_and_compare_with_openclip,
     image_features_without_dualclip,
+    image_tower_of,
+    pixels,
     relative_error,
 )
 import openclip_timm_refs
@@ -179,17 +181,8 @@ def converted(request):
     """(name, OpenCLIP model, converted DualClipVisionModelWithProjection, timm factory and arguments)."""
     cfg, test_name, arch, timm_model = reduced(request.param)
     reference = openclip_model(f"dualclip-test-{request.param}", cfg)
-    tensors = {key: value for key, value in reference.state_dict().items() if key.startswith("visual.")}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(VITAMIN_ARCHITECTURES, test_name, arch)
-        config, state = vitamin_vision_tower(cfg["vision_cfg"], cfg["embed_dim"], tensors)
-    model = DualClipVisionModelWithProjection(config).eval()
-    model.load_state_dict(state, strict=True)
+    model = image_tower_of(reference, cfg, vitamin_vision_tower, VITAMIN_ARCHITECTURES, test_name, arch)
     return request.param, reference, model, timm_model
-
-
-def pixels(size, batch=2, seed=0):
-    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 @torch.no_grad()
